@@ -1,0 +1,1 @@
+//! AF_XDP link (placeholder, being written).

@@ -1,0 +1,1 @@
+//! XDP filter program and loader (placeholder, being written).

@@ -7,5 +7,11 @@
 //! [`stack`] (smoltcp interface, sockets and built-in services),
 //! [`datapath`] (the thread that owns all of it and sleeps when idle).
 
+pub mod datapath;
+pub mod failover;
 pub mod link;
+pub mod monitor;
+pub mod stack;
+pub mod stats;
+pub mod wire;
 pub mod xdp;

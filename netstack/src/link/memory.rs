@@ -7,11 +7,15 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{Health, Link, LinkError, LinkMode};
 
 type Queue = Arc<Mutex<VecDeque<Vec<u8>>>>;
+
+/// Interface indexes are unique per process, as they are per namespace.
+static NEXT_IFINDEX: AtomicU32 = AtomicU32::new(1);
 
 /// One end of an in-memory wire.
 pub struct MemoryLink {
@@ -25,7 +29,7 @@ pub struct MemoryLink {
 }
 
 impl MemoryLink {
-    /// Two connected ends, `a` and `b`, with made-up interface indexes.
+    /// Two connected ends, `a` and `b`, with made-up, unique interface indexes.
     pub fn pair(name_a: &str, name_b: &str) -> (MemoryLink, MemoryLink) {
         let ab: Queue = Arc::default();
         let ba: Queue = Arc::default();
@@ -38,7 +42,11 @@ impl MemoryLink {
             max_frame_len: 1514,
             addresses: Vec::new(),
         };
-        (end(name_a, 1, &ba, &ab), end(name_b, 2, &ab, &ba))
+        let ifindex = NEXT_IFINDEX.fetch_add(2, Ordering::Relaxed);
+        (
+            end(name_a, ifindex, &ba, &ab),
+            end(name_b, ifindex + 1, &ab, &ba),
+        )
     }
 
     /// Put a frame on the wire towards this end, as if the far end sent it.
@@ -69,11 +77,7 @@ impl Link for MemoryLink {
         self.max_frame_len
     }
 
-    fn recv(
-        &mut self,
-        budget: usize,
-        deliver: &mut dyn FnMut(&[u8]),
-    ) -> Result<usize, LinkError> {
+    fn recv(&mut self, budget: usize, deliver: &mut dyn FnMut(&[u8])) -> Result<usize, LinkError> {
         self.check()?;
         let mut n = 0;
         while n < budget {

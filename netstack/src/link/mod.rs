@@ -116,11 +116,7 @@ pub trait Link: Send {
     fn max_frame_len(&self) -> usize;
 
     /// Hand up to `budget` received frames to `deliver`, returning how many.
-    fn recv(
-        &mut self,
-        budget: usize,
-        deliver: &mut dyn FnMut(&[u8]),
-    ) -> Result<usize, LinkError>;
+    fn recv(&mut self, budget: usize, deliver: &mut dyn FnMut(&[u8])) -> Result<usize, LinkError>;
 
     /// Queue one frame of `len` bytes, written in place by `fill`.
     /// Returns `Ok(false)` when the TX ring is full (the caller counts a drop).

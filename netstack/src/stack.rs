@@ -1,0 +1,432 @@
+//! [`Stack`]: a smoltcp interface on a [`FailoverDevice`], its sockets and
+//! the built-in services.
+//!
+//! Sizing (why these numbers): TCP buffers of 256 KiB per direction let
+//! window scaling keep a fast link busy without letting one connection eat
+//! the memory budget; 32 out-of-order segments per socket
+//! (`assembler-max-segment-count-32`) ride out a burst of loss during a
+//! switch; the neighbour cache holds 64 entries (`iface-neighbor-cache-
+//! count-64`), plenty for a guest on one L2 segment; up to 8 addresses.
+
+use std::net::IpAddr;
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv6Address};
+
+use crate::failover::FailoverDevice;
+use crate::link::{Link, LinkError};
+use crate::wire::announce;
+
+/// A service the stack runs by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceKind {
+    UdpEcho,
+    TcpEcho,
+    TcpDiscard,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub kind: ServiceKind,
+    pub port: u16,
+}
+
+/// Buffer sizes, per socket and direction.
+#[derive(Debug, Clone, Copy)]
+pub struct Buffers {
+    pub tcp: usize,
+    pub udp_packets: usize,
+    pub udp_bytes: usize,
+    /// Connections a TCP service accepts at once.
+    pub tcp_connections: usize,
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            tcp: 256 * 1024,
+            udp_packets: 256,
+            udp_bytes: 256 * 1500,
+            tcp_connections: 32,
+        }
+    }
+}
+
+/// Everything a stack needs to start.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    pub mac: [u8; 6],
+    pub addresses: Vec<IpCidr>,
+    pub gateway_v4: Option<Ipv4Address>,
+    pub gateway_v6: Option<Ipv6Address>,
+    pub services: Vec<ServiceConfig>,
+    /// IP MTU of the links.
+    pub mtu: usize,
+    pub buffers: Buffers,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("too many addresses: {0} (at most 8)")]
+    TooManyAddresses(usize),
+    #[error("gateway {0} is not reachable through any configured prefix")]
+    GatewayUnreachable(IpAddr),
+    #[error("service {kind:?} on port {port}: {reason}")]
+    Service {
+        kind: ServiceKind,
+        port: u16,
+        reason: String,
+    },
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// A built-in service and the sockets serving it.
+struct Service {
+    config: ServiceConfig,
+    sockets: Vec<SocketHandle>,
+}
+
+/// The userspace stack: interface, device, sockets, services.
+pub struct Stack {
+    iface: Interface,
+    device: FailoverDevice,
+    sockets: SocketSet<'static>,
+    services: Vec<Service>,
+    buffers: Buffers,
+    mac: [u8; 6],
+    /// Scratch for echo services, so echoing allocates nothing per poll.
+    scratch: Vec<u8>,
+}
+
+impl Stack {
+    /// Build a stack over the links present at start (either may be absent).
+    pub fn new(
+        config: &StackConfig,
+        standby: Option<Box<dyn Link>>,
+        primary: Option<Box<dyn Link>>,
+    ) -> Result<Self, StackError> {
+        let mut device = FailoverDevice::new(standby, primary, config.mtu);
+        let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
+        iface_config.random_seed = random_seed();
+        let iface = Interface::new(iface_config, &mut device, Instant::now());
+        let mut stack = Stack {
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            services: Vec::new(),
+            buffers: config.buffers,
+            mac: config.mac,
+            scratch: vec![0; 64 * 1024],
+        };
+        stack.set_addresses(&config.addresses, config.gateway_v4, config.gateway_v6)?;
+        for service in &config.services {
+            stack.add_service(*service)?;
+        }
+        Ok(stack)
+    }
+
+    /// Replace the addresses and default gateways. Sockets bound to an
+    /// address that stays keep their connections.
+    pub fn set_addresses(
+        &mut self,
+        addresses: &[IpCidr],
+        gateway_v4: Option<Ipv4Address>,
+        gateway_v6: Option<Ipv6Address>,
+    ) -> Result<(), StackError> {
+        if addresses.len() > smoltcp::config::IFACE_MAX_ADDR_COUNT {
+            return Err(StackError::TooManyAddresses(addresses.len()));
+        }
+        for gw in gateway_v4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(gateway_v6.map(IpAddr::V6))
+        {
+            if !addresses.iter().any(|cidr| cidr.contains_addr(&gw.into())) {
+                return Err(StackError::GatewayUnreachable(gw));
+            }
+        }
+        let plain: Vec<IpAddr> = addresses.iter().map(|c| c.address().into()).collect();
+        self.device.set_addresses(&plain)?;
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.clear();
+            addrs.extend(addresses.iter().copied());
+        });
+        let routes = self.iface.routes_mut();
+        routes.remove_default_ipv4_route();
+        routes.remove_default_ipv6_route();
+        if let Some(gw) = gateway_v4 {
+            routes
+                .add_default_ipv4_route(gw)
+                .expect("route table has room after clearing defaults");
+        }
+        if let Some(gw) = gateway_v6 {
+            routes
+                .add_default_ipv6_route(gw)
+                .expect("route table has room after clearing defaults");
+        }
+        Ok(())
+    }
+
+    /// The addresses the stack answers on.
+    pub fn addresses(&self) -> &[IpCidr] {
+        self.iface.ip_addrs()
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    pub fn device(&self) -> &FailoverDevice {
+        &self.device
+    }
+
+    pub fn device_mut(&mut self) -> &mut FailoverDevice {
+        &mut self.device
+    }
+
+    /// The socket set, for programs that embed the stack.
+    pub fn sockets_mut(&mut self) -> &mut SocketSet<'static> {
+        &mut self.sockets
+    }
+
+    pub fn iface_mut(&mut self) -> &mut Interface {
+        &mut self.iface
+    }
+
+    /// Both at once, as `tcp::Socket::connect` needs the interface's context
+    /// while the socket is borrowed from the set.
+    pub fn sockets_and_iface(&mut self) -> (&mut SocketSet<'static>, &mut Interface) {
+        (&mut self.sockets, &mut self.iface)
+    }
+
+    /// A TCP socket with the stack's buffer sizes, added to the set.
+    pub fn add_tcp_socket(&mut self) -> SocketHandle {
+        let size = self.buffers.tcp;
+        self.sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; size]),
+            tcp::SocketBuffer::new(vec![0; size]),
+        ))
+    }
+
+    /// A UDP socket with the stack's buffer sizes, added to the set.
+    pub fn add_udp_socket(&mut self) -> SocketHandle {
+        let b = self.buffers;
+        let buffer = || {
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; b.udp_packets],
+                vec![0; b.udp_bytes],
+            )
+        };
+        self.sockets.add(udp::Socket::new(buffer(), buffer()))
+    }
+
+    /// Start a built-in service.
+    pub fn add_service(&mut self, config: ServiceConfig) -> Result<(), StackError> {
+        if self.services.iter().any(|s| s.config == config) {
+            return Err(StackError::Service {
+                kind: config.kind,
+                port: config.port,
+                reason: "already running".into(),
+            });
+        }
+        let mut service = Service {
+            config,
+            sockets: Vec::new(),
+        };
+        if config.kind == ServiceKind::UdpEcho {
+            let handle = self.add_udp_socket();
+            self.sockets
+                .get_mut::<udp::Socket>(handle)
+                .bind(config.port)
+                .map_err(|e| StackError::Service {
+                    kind: config.kind,
+                    port: config.port,
+                    reason: e.to_string(),
+                })?;
+            service.sockets.push(handle);
+        }
+        self.services.push(service);
+        self.run_services();
+        Ok(())
+    }
+
+    /// Stop a built-in service, closing its sockets.
+    pub fn remove_service(&mut self, config: ServiceConfig) {
+        self.services.retain(|service| {
+            if service.config != config {
+                return true;
+            }
+            for handle in &service.sockets {
+                self.sockets.remove(*handle);
+            }
+            false
+        });
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = ServiceConfig> + '_ {
+        self.services.iter().map(|s| s.config)
+    }
+
+    /// One round: read the links, run smoltcp and the services, flush TX.
+    /// Returns whether anything happened (frames moved or sockets changed),
+    /// so the caller knows whether to poll again or sleep.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        self.device.begin_round();
+        let before = self.frames_moved();
+        let mut changed = false;
+        // Services may queue data that a second pass sends out at once.
+        for _ in 0..2 {
+            let result = self.iface.poll(now, &mut self.device, &mut self.sockets);
+            changed |= result == smoltcp::iface::PollResult::SocketStateChanged;
+            changed |= self.run_services();
+        }
+        self.device.flush();
+        changed || self.frames_moved() != before || self.device.rx_queued() > 0
+    }
+
+    /// How long smoltcp can wait before its next timer (retransmit, delayed
+    /// ACK, neighbour expiry); `None` when it has no timer.
+    pub fn poll_delay(&mut self, now: Instant) -> Option<smoltcp::time::Duration> {
+        self.iface.poll_delay(now, &self.sockets)
+    }
+
+    /// Send one gratuitous ARP per IPv4 address and one unsolicited NA per
+    /// IPv6 address (and a RARP for the MAC when asked) on the active path.
+    /// Returns the number of frames a link took.
+    pub fn announce(&mut self, rarp: bool) -> usize {
+        let mut frames: Vec<Vec<u8>> = self
+            .iface
+            .ip_addrs()
+            .iter()
+            .map(|cidr| match cidr.address().into() {
+                IpAddr::V4(ip) => announce::gratuitous_arp(self.mac, ip),
+                IpAddr::V6(ip) => announce::unsolicited_na(self.mac, ip),
+            })
+            .collect();
+        if rarp {
+            frames.push(announce::rarp(self.mac));
+        }
+        let sent = frames.iter().filter(|f| self.device.send_raw(f)).count();
+        self.device.flush();
+        sent
+    }
+
+    fn frames_moved(&self) -> u64 {
+        let s = self.device.stats();
+        s.primary.rx_packets + s.primary.tx_packets + s.standby.rx_packets + s.standby.tx_packets
+    }
+
+    /// Move data for the built-in services; returns whether any moved.
+    fn run_services(&mut self) -> bool {
+        let mut moved = false;
+        for i in 0..self.services.len() {
+            let config = self.services[i].config;
+            moved |= match config.kind {
+                ServiceKind::UdpEcho => self.run_udp_echo(i),
+                ServiceKind::TcpEcho | ServiceKind::TcpDiscard => self.run_tcp(i),
+            };
+        }
+        moved
+    }
+
+    fn run_udp_echo(&mut self, index: usize) -> bool {
+        let mut moved = false;
+        for &handle in &self.services[index].sockets {
+            let socket = self.sockets.get_mut::<udp::Socket>(handle);
+            while socket.can_recv() && socket.can_send() {
+                let Ok((len, meta)) = socket.recv_slice(&mut self.scratch) else {
+                    break;
+                };
+                // A full TX buffer drops the reply: UDP's contract, counted
+                // by the client as loss.
+                let _ = socket.send_slice(&self.scratch[..len], meta.endpoint);
+                moved = true;
+            }
+        }
+        moved
+    }
+
+    fn run_tcp(&mut self, index: usize) -> bool {
+        let ServiceConfig { kind, port } = self.services[index].config;
+        let mut moved = false;
+        let mut listening = 0;
+        let mut handles = std::mem::take(&mut self.services[index].sockets);
+        handles.retain(|&handle| {
+            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            match kind {
+                ServiceKind::TcpEcho => moved |= echo(socket, &mut self.scratch),
+                _ => moved |= discard(socket),
+            }
+            if socket.state() == tcp::State::CloseWait && socket.send_queue() == 0 {
+                socket.close();
+            }
+            match socket.state() {
+                tcp::State::Listen => {
+                    listening += 1;
+                    true
+                }
+                tcp::State::Closed => {
+                    self.sockets.remove(handle);
+                    false
+                }
+                _ => true,
+            }
+        });
+        if listening == 0 && handles.len() < self.buffers.tcp_connections {
+            let handle = self.add_tcp_socket();
+            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            // The port was validated when the service was added; listen only
+            // fails on port 0 or a socket that is not closed.
+            if socket.listen(port).is_ok() {
+                handles.push(handle);
+            } else {
+                self.sockets.remove(handle);
+            }
+        }
+        self.services[index].sockets = handles;
+        moved
+    }
+}
+
+/// Copy what a TCP socket received back into its send buffer, as far as
+/// the send buffer has room.
+fn echo(socket: &mut tcp::Socket, scratch: &mut [u8]) -> bool {
+    let mut moved = false;
+    while socket.can_recv() && socket.can_send() {
+        let room = (socket.send_capacity() - socket.send_queue()).min(scratch.len());
+        let Ok(n) = socket.recv_slice(&mut scratch[..room]) else {
+            break;
+        };
+        if n == 0 {
+            break;
+        }
+        // `room` was free, so the whole slice fits.
+        let _ = socket.send_slice(&scratch[..n]);
+        moved = true;
+    }
+    moved
+}
+
+/// Throw away what a TCP socket received.
+fn discard(socket: &mut tcp::Socket) -> bool {
+    let mut moved = false;
+    while socket.can_recv() {
+        match socket.recv(|data| (data.len(), data.len())) {
+            Ok(n) if n > 0 => moved = true,
+            _ => break,
+        }
+    }
+    moved
+}
+
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // getrandom(2) only fails on a bad buffer; a zero seed is still valid.
+    // SAFETY: the pointer and length describe `seed`, which outlives the call.
+    unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    u64::from_ne_bytes(seed)
+}

@@ -1,0 +1,200 @@
+//! Announce frames: gratuitous ARP, IPv6 unsolicited neighbour advertisement
+//! and RARP, built with pnet's packet types.
+//!
+//! Shapes follow what peers and switches expect: a gratuitous ARP is a
+//! broadcast request with sender = target = the address (as Linux's
+//! `arp_notify`), an unsolicited NA goes to ff02::1 with the override flag
+//! (RFC 4861 §7.2.6), a RARP is QEMU's self-announce (op 3, sender = target =
+//! MAC, addresses zero). Short frames are padded to the 60-byte minimum.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use pnet_base::MacAddr;
+use pnet_packet::arp::{ArpHardwareTypes, ArpOperation, ArpOperations, MutableArpPacket};
+use pnet_packet::ethernet::{EtherType, EtherTypes, MutableEthernetPacket};
+use pnet_packet::icmpv6::ndp::{MutableNeighborAdvertPacket, NdpOption, NdpOptionTypes};
+use pnet_packet::icmpv6::{self, Icmpv6Code, Icmpv6Packet, Icmpv6Types};
+use pnet_packet::ip::IpNextHeaderProtocols;
+use pnet_packet::ipv6::MutableIpv6Packet;
+
+const ETH_HEADER: usize = 14;
+const ARP_LEN: usize = 28;
+const MIN_FRAME: usize = 60;
+/// NA: 24 bytes of header and target, 8 of target link-layer address option.
+const NA_LEN: usize = 32;
+const IPV6_HEADER: usize = 40;
+/// Router=0, Solicited=0, Override=1.
+const NA_FLAG_OVERRIDE: u8 = 0x20;
+const ETHERTYPE_RARP: EtherType = EtherType(0x8035);
+const RARP_REQUEST_REVERSE: ArpOperation = ArpOperation(3);
+
+fn ethernet(frame: &mut [u8], src: MacAddr, dst: MacAddr, ethertype: EtherType) {
+    let mut eth = MutableEthernetPacket::new(frame).expect("frame holds an Ethernet header");
+    eth.set_destination(dst);
+    eth.set_source(src);
+    eth.set_ethertype(ethertype);
+}
+
+fn arp_frame(
+    mac: MacAddr,
+    ethertype: EtherType,
+    operation: ArpOperation,
+    ip: Ipv4Addr,
+    target_mac: MacAddr,
+) -> Vec<u8> {
+    let mut frame = vec![0u8; MIN_FRAME];
+    ethernet(&mut frame, mac, MacAddr::broadcast(), ethertype);
+    let mut arp = MutableArpPacket::new(&mut frame[ETH_HEADER..ETH_HEADER + ARP_LEN])
+        .expect("frame holds an ARP packet");
+    arp.set_hardware_type(ArpHardwareTypes::Ethernet);
+    arp.set_protocol_type(EtherTypes::Ipv4);
+    arp.set_hw_addr_len(6);
+    arp.set_proto_addr_len(4);
+    arp.set_operation(operation);
+    arp.set_sender_hw_addr(mac);
+    arp.set_sender_proto_addr(ip);
+    arp.set_target_hw_addr(target_mac);
+    arp.set_target_proto_addr(ip);
+    frame
+}
+
+/// A gratuitous ARP request announcing that `ip` lives at `mac`.
+pub fn gratuitous_arp(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
+    arp_frame(
+        mac.into(),
+        EtherTypes::Arp,
+        ArpOperations::Request,
+        ip,
+        MacAddr::zero(),
+    )
+}
+
+/// A RARP "request reverse" for `mac`, as QEMU sends after migration.
+pub fn rarp(mac: [u8; 6]) -> Vec<u8> {
+    arp_frame(
+        mac.into(),
+        ETHERTYPE_RARP,
+        RARP_REQUEST_REVERSE,
+        Ipv4Addr::UNSPECIFIED,
+        mac.into(),
+    )
+}
+
+/// An unsolicited neighbour advertisement for `ip` to all nodes.
+pub fn unsolicited_na(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let mut frame = vec![0u8; ETH_HEADER + IPV6_HEADER + NA_LEN];
+    ethernet(
+        &mut frame,
+        mac.into(),
+        MacAddr::new(0x33, 0x33, 0, 0, 0, 1),
+        EtherTypes::Ipv6,
+    );
+    {
+        let mut ip6 = MutableIpv6Packet::new(&mut frame[ETH_HEADER..]).expect("holds IPv6");
+        ip6.set_version(6);
+        ip6.set_payload_length(NA_LEN as u16);
+        ip6.set_next_header(IpNextHeaderProtocols::Icmpv6);
+        // RFC 4861: receivers drop ND messages whose hop limit is not 255.
+        ip6.set_hop_limit(255);
+        ip6.set_source(ip);
+        ip6.set_destination(all_nodes);
+    }
+    let icmp = &mut frame[ETH_HEADER + IPV6_HEADER..];
+    {
+        let mut na = MutableNeighborAdvertPacket::new(icmp).expect("holds an NA");
+        na.set_icmpv6_type(Icmpv6Types::NeighborAdvert);
+        na.set_icmpv6_code(Icmpv6Code(0));
+        na.set_flags(NA_FLAG_OVERRIDE);
+        na.set_target_addr(ip);
+        na.set_options(&[NdpOption {
+            option_type: NdpOptionTypes::TargetLLAddr,
+            length: 1,
+            data: mac.to_vec(),
+        }]);
+    }
+    let checksum = icmpv6::checksum(
+        &Icmpv6Packet::new(icmp).expect("holds ICMPv6"),
+        &ip,
+        &all_nodes,
+    );
+    MutableNeighborAdvertPacket::new(icmp)
+        .expect("holds an NA")
+        .set_checksum(checksum);
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::wire::{
+        ArpOperation as SArpOp, ArpPacket, ArpRepr, EthernetFrame, Icmpv6Packet as SIcmp,
+        Icmpv6Repr, Ipv6Packet, NdiscRepr,
+    };
+
+    const MAC: [u8; 6] = [0x02, 0, 0, 0, 0x21, 0x03];
+
+    #[test]
+    fn gratuitous_arp_parses_as_request_for_itself() {
+        let ip = Ipv4Addr::new(10, 213, 0, 20);
+        let frame = gratuitous_arp(MAC, ip);
+        assert_eq!(frame.len(), 60);
+        let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+        assert!(eth.dst_addr().is_broadcast());
+        let repr = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+        match repr {
+            ArpRepr::EthernetIpv4 {
+                operation,
+                source_hardware_addr,
+                source_protocol_addr,
+                target_protocol_addr,
+                ..
+            } => {
+                assert_eq!(operation, SArpOp::Request);
+                assert_eq!(source_hardware_addr.0, MAC);
+                assert_eq!(source_protocol_addr, ip);
+                assert_eq!(target_protocol_addr, ip);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rarp_matches_qemu_self_announce() {
+        let frame = rarp(MAC);
+        assert_eq!(frame.len(), 60);
+        assert_eq!(&frame[12..14], &[0x80, 0x35]);
+        assert_eq!(&frame[20..22], &[0, 3]);
+        assert_eq!(&frame[22..28], &MAC);
+        assert_eq!(&frame[32..38], &MAC);
+    }
+
+    #[test]
+    fn unsolicited_na_checksums_and_overrides() {
+        let ip: Ipv6Addr = "fd00:213::20".parse().unwrap();
+        let frame = unsolicited_na(MAC, ip);
+        let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+        let ip6 = Ipv6Packet::new_checked(eth.payload()).unwrap();
+        assert_eq!(ip6.hop_limit(), 255);
+        let icmp = SIcmp::new_checked(ip6.payload()).unwrap();
+        let repr = Icmpv6Repr::parse(
+            &ip6.src_addr(),
+            &ip6.dst_addr(),
+            &icmp,
+            &smoltcp::phy::ChecksumCapabilities::default(),
+        )
+        .expect("checksum verifies");
+        match repr {
+            Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+                flags,
+                target_addr,
+                lladdr,
+            }) => {
+                assert!(flags.contains(smoltcp::wire::NdiscNeighborFlags::OVERRIDE));
+                assert_eq!(target_addr, ip);
+                assert_eq!(lladdr.unwrap().as_bytes(), &MAC);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

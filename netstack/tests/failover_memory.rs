@@ -1,0 +1,306 @@
+//! The failover datapath over in-memory links: no root, no kernel.
+//!
+//! A test "switch" floods the peer's frames to both of the stack's links and
+//! forwards what the stack sends back to the peer, who is itself a smoltcp
+//! stack. That is enough to check path choice, attach/detach, counters,
+//! malformed frames and a TCP stream surviving unplug and replug.
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{IpAddress, IpCidr};
+use vfailover_netstack::link::memory::MemoryLink;
+use vfailover_netstack::link::{Health, Link};
+use vfailover_netstack::stack::{Buffers, ServiceConfig, ServiceKind, Stack, StackConfig};
+use vfailover_netstack::stats::{Path, SwitchCause};
+
+const STACK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+fn config(mac: [u8; 6], cidr: &str, services: Vec<ServiceConfig>) -> StackConfig {
+    StackConfig {
+        mac,
+        addresses: vec![cidr.parse().unwrap()],
+        gateway_v4: None,
+        gateway_v6: None,
+        services,
+        mtu: 1500,
+        buffers: Buffers::default(),
+    }
+}
+
+/// Switch-side ends of the three wires.
+struct Switch {
+    to_primary: Option<MemoryLink>,
+    to_standby: MemoryLink,
+    to_peer: MemoryLink,
+}
+
+impl Switch {
+    fn forward(&mut self) {
+        let mut frames = Vec::new();
+        self.to_peer
+            .recv(usize::MAX, &mut |f| frames.push(f.to_vec()))
+            .unwrap();
+        for frame in &frames {
+            if let Some(primary) = self.to_primary.as_mut() {
+                primary
+                    .send(frame.len(), &mut |b| b.copy_from_slice(frame))
+                    .unwrap();
+            }
+            self.to_standby
+                .send(frame.len(), &mut |b| b.copy_from_slice(frame))
+                .unwrap();
+        }
+        let mut back = Vec::new();
+        if let Some(primary) = self.to_primary.as_mut() {
+            primary
+                .recv(usize::MAX, &mut |f| back.push(f.to_vec()))
+                .unwrap();
+        }
+        self.to_standby
+            .recv(usize::MAX, &mut |f| back.push(f.to_vec()))
+            .unwrap();
+        for frame in &back {
+            self.to_peer
+                .send(frame.len(), &mut |b| b.copy_from_slice(frame))
+                .unwrap();
+        }
+    }
+}
+
+struct Lab {
+    stack: Stack,
+    peer: Stack,
+    switch: Switch,
+    now: Instant,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let (standby, to_standby) = MemoryLink::pair("virtio0", "sw-standby");
+        let (primary, to_primary) = MemoryLink::pair("vf0", "sw-primary");
+        let (peer_link, to_peer) = MemoryLink::pair("peer0", "sw-peer");
+        let services = vec![
+            ServiceConfig {
+                kind: ServiceKind::TcpEcho,
+                port: 7,
+            },
+            ServiceConfig {
+                kind: ServiceKind::UdpEcho,
+                port: 7,
+            },
+        ];
+        let stack = Stack::new(
+            &config(STACK_MAC, "10.0.0.20/24", services),
+            Some(Box::new(standby)),
+            Some(Box::new(primary)),
+        )
+        .unwrap();
+        let peer = Stack::new(
+            &config(PEER_MAC, "10.0.0.1/24", vec![]),
+            Some(Box::new(peer_link)),
+            None,
+        )
+        .unwrap();
+        Lab {
+            stack,
+            peer,
+            switch: Switch {
+                to_primary: Some(to_primary),
+                to_standby,
+                to_peer,
+            },
+            now: Instant::from_millis(0),
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += smoltcp::time::Duration::from_millis(1);
+        self.peer.poll(self.now);
+        self.switch.forward();
+        self.stack.poll(self.now);
+        self.switch.forward();
+    }
+
+    fn unplug(&mut self) {
+        self.switch.to_primary = None;
+        let ifindex = self.stack.device().primary().unwrap().ifindex();
+        self.stack
+            .device_mut()
+            .set_link_health(ifindex, Health::Gone);
+    }
+
+    fn replug(&mut self) {
+        let (primary, to_primary) = MemoryLink::pair("vf0", "sw-primary");
+        self.switch.to_primary = Some(to_primary);
+        self.stack
+            .device_mut()
+            .attach_primary(Box::new(primary))
+            .unwrap();
+    }
+}
+
+fn pattern(offset: usize, len: usize) -> Vec<u8> {
+    (offset..offset + len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Push `total` bytes through the echo service, calling `at(sent)` hooks,
+/// and check that every echoed byte matches.
+fn echo_transfer(lab: &mut Lab, total: usize, mut event: impl FnMut(&mut Lab, usize)) {
+    let handle: SocketHandle = lab.peer.add_tcp_socket();
+    let (sockets, iface) = lab.peer.sockets_and_iface();
+    sockets
+        .get_mut::<tcp::Socket>(handle)
+        .connect(iface.context(), (IpAddress::v4(10, 0, 0, 20), 7), 40000)
+        .unwrap();
+    let (mut sent, mut received) = (0usize, 0usize);
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..200_000 {
+        lab.step();
+        let socket = lab.peer.sockets_mut().get_mut::<tcp::Socket>(handle);
+        assert!(
+            !matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait),
+            "connection reset at {sent} bytes sent"
+        );
+        if socket.can_send() && sent < total {
+            let chunk = pattern(sent, (total - sent).min(4096));
+            sent += socket.send_slice(&chunk).unwrap();
+        }
+        while socket.can_recv() {
+            let n = socket.recv_slice(&mut buf).unwrap();
+            assert_eq!(
+                buf[..n],
+                pattern(received, n)[..],
+                "echo differs at {received}"
+            );
+            received += n;
+        }
+        event(lab, sent);
+        if received == total {
+            return;
+        }
+    }
+    panic!("transfer stalled: sent {sent}, received {received} of {total}");
+}
+
+#[test]
+fn tx_follows_primary_and_rx_takes_both() {
+    let mut lab = Lab::new();
+    assert_eq!(lab.stack.device().path(), Path::Primary);
+    echo_transfer(&mut lab, 64 * 1024, |_, _| {});
+    let stats = lab.stack.device().stats().clone();
+    assert!(stats.primary.tx_packets > 0);
+    assert_eq!(
+        stats.standby.tx_packets, 0,
+        "no TX on the standby while the primary is up"
+    );
+    // The switch floods to both links, so both received.
+    assert!(stats.primary.rx_packets > 0 && stats.standby.rx_packets > 0);
+}
+
+#[test]
+fn tcp_survives_unplug_and_replug() {
+    let mut lab = Lab::new();
+    let total = 2 * 1024 * 1024;
+    let mut phase = 0;
+    echo_transfer(&mut lab, total, |lab, sent| {
+        if phase == 0 && sent > total / 3 {
+            lab.unplug();
+            phase = 1;
+        } else if phase == 1 && sent > 2 * total / 3 {
+            lab.replug();
+            phase = 2;
+        }
+    });
+    assert_eq!(phase, 2);
+    let stats = lab.stack.device().stats().clone();
+    assert_eq!(stats.switches, 2, "primary -> standby -> primary");
+    assert!(
+        stats.standby.tx_packets > 0,
+        "standby carried traffic while unplugged"
+    );
+    let last = stats.last_switch.unwrap();
+    assert_eq!((last.from, last.to), (Path::Standby, Path::Primary));
+    assert_eq!(last.cause, SwitchCause::PrimaryAttached);
+    assert!(last.first_tx_after.is_some());
+    assert_eq!(lab.stack.device().path(), Path::Primary);
+}
+
+#[test]
+fn path_choice_follows_health_and_attachment() {
+    let (standby, _far_s) = MemoryLink::pair("virtio0", "x");
+    let (primary, _far_p) = MemoryLink::pair("vf0", "y");
+    let mut stack = Stack::new(
+        &config(STACK_MAC, "10.0.0.20/24", vec![]),
+        Some(Box::new(standby)),
+        None,
+    )
+    .unwrap();
+    let device = stack.device_mut();
+    assert_eq!(device.path(), Path::Standby);
+    let primary_index = primary.ifindex();
+    device.attach_primary(Box::new(primary)).unwrap();
+    assert_eq!(device.path(), Path::Primary);
+    // No carrier on the primary: back to the standby until it returns.
+    device.set_link_health(primary_index, Health::Down);
+    assert_eq!(device.path(), Path::Standby);
+    device.set_link_health(primary_index, Health::Up);
+    assert_eq!(device.path(), Path::Primary);
+    assert_eq!(
+        device.stats().last_switch.unwrap().cause,
+        SwitchCause::PrimaryRecovered
+    );
+    // A standby without carrier still carries TX when it is all there is.
+    device.detach_primary();
+    let standby_index = device.standby().unwrap().ifindex();
+    device.set_link_health(standby_index, Health::Down);
+    assert_eq!(device.path(), Path::Standby);
+    device.set_link_health(standby_index, Health::Gone);
+    assert_eq!(device.path(), Path::None);
+    assert_eq!(device.stats().switches, 5);
+    // With no path, sends are counted, not lost silently.
+    assert!(!device.send_raw(&[0u8; 60]));
+    assert_eq!(device.stats().tx_no_path, 1);
+}
+
+#[test]
+fn malformed_frames_are_counted_and_dropped() {
+    let (standby, far) = MemoryLink::pair("virtio0", "x");
+    let mut stack = Stack::new(
+        &config(STACK_MAC, "10.0.0.20/24", vec![]),
+        Some(Box::new(standby)),
+        None,
+    )
+    .unwrap();
+    let mut far = far;
+    let mut send = |frame: &[u8]| {
+        far.send(frame.len(), &mut |b| b.copy_from_slice(frame))
+            .unwrap();
+    };
+    send(&[0xff; 10]); // shorter than Ethernet
+    let mut ipv4 = vec![0xff; 12];
+    ipv4.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0xff, 0xff]); // truncated, huge length
+    send(&ipv4);
+    let mut arp = vec![0xff; 12];
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1]);
+    send(&arp);
+    stack.poll(Instant::from_millis(0));
+    let stats = stack.device().stats();
+    assert_eq!(stats.standby.rx_malformed, 3);
+    assert_eq!(stats.standby.rx_packets, 0);
+}
+
+#[test]
+fn announce_sends_one_frame_per_address_on_the_active_path() {
+    let (standby, mut far) = MemoryLink::pair("virtio0", "x");
+    let mut cfg = config(STACK_MAC, "10.0.0.20/24", vec![]);
+    cfg.addresses.push("fd00::20/64".parse::<IpCidr>().unwrap());
+    let mut stack = Stack::new(&cfg, Some(Box::new(standby)), None).unwrap();
+    assert_eq!(stack.announce(true), 3);
+    let mut frames = Vec::new();
+    far.recv(16, &mut |f| frames.push(f.to_vec())).unwrap();
+    let ethertypes: Vec<[u8; 2]> = frames.iter().map(|f| [f[12], f[13]]).collect();
+    assert_eq!(ethertypes, vec![[0x08, 0x06], [0x86, 0xdd], [0x80, 0x35]]);
+    assert_eq!(stack.device().stats().standby.tx_packets, 3);
+}

@@ -1,1 +1,0 @@
-//! AF_PACKET link (placeholder, being written).

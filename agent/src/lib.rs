@@ -1,3 +1,5 @@
-//! The vfailover agent: the daemon's pieces, and the namespace lab.
+//! The vfailover agent: the daemon's pieces, the namespace lab and the
+//! scripted failover run over it.
 
 pub mod lab;
+pub mod scenario;

@@ -1,0 +1,374 @@
+//! A scripted failover run over the [`lab`](crate::lab): the guest's stack on
+//! `vf0` + `virtio0`, a TCP echo stream and UDP probes from the peer, and
+//! unplug → migrate → replug while the stream runs.
+//!
+//! Used by `vfailover lab` (which prints the [`Report`]) and by the
+//! integration tests (which assert on it), so both see the same run.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+use smoltcp::wire::IpCidr;
+use vfailover_netstack::datapath::{DatapathHandle, DatapathOptions};
+use vfailover_netstack::link::packet::PacketLink;
+use vfailover_netstack::link::xdp::{XdpConfig, XdpLink};
+use vfailover_netstack::link::{Link, LinkMode};
+use vfailover_netstack::stack::{Buffers, ServiceConfig, ServiceKind, Stack, StackConfig};
+use vfailover_netstack::stats::{Path, Stats};
+
+use crate::lab::{Lab, Ns, PEER_V4, PREFIX_V4, PREFIX_V6, PRIMARY, STACK_V4, STACK_V6, STANDBY};
+
+/// The port of the stack's echo services (TCP and UDP).
+pub const ECHO_PORT: u16 = 7;
+/// A transfer making no progress for this long has failed.
+const STALL: Duration = Duration::from_secs(20);
+
+/// How the guest's standby is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandbyKind {
+    /// AF_XDP, as for the primary (virtio-net takes XDP programs).
+    Xdp,
+    /// AF_PACKET with a socket filter (a standby that refuses XDP).
+    Packet,
+}
+
+/// The userspace stack of the lab's guest, running in the guest namespace.
+pub struct GuestStack {
+    datapath: DatapathHandle,
+    addresses: Vec<IpAddr>,
+}
+
+impl GuestStack {
+    /// Open both links in the guest namespace and start the datapath there.
+    pub fn start(lab: &Lab, standby: StandbyKind) -> Result<GuestStack> {
+        let mac = lab.mac().0;
+        let addresses = vec![IpAddr::V4(STACK_V4), IpAddr::V6(STACK_V6)];
+        let config = StackConfig {
+            mac,
+            addresses: vec![
+                IpCidr::new(STACK_V4.into(), PREFIX_V4),
+                IpCidr::new(STACK_V6.into(), PREFIX_V6),
+            ],
+            gateway_v4: Some(PEER_V4),
+            gateway_v6: None,
+            services: vec![
+                ServiceConfig {
+                    kind: ServiceKind::TcpEcho,
+                    port: ECHO_PORT,
+                },
+                ServiceConfig {
+                    kind: ServiceKind::UdpEcho,
+                    port: ECHO_PORT,
+                },
+                ServiceConfig {
+                    kind: ServiceKind::TcpDiscard,
+                    port: 9,
+                },
+            ],
+            mtu: 1500,
+            buffers: Buffers::default(),
+        };
+        let addrs = addresses.clone();
+        let datapath = lab.in_ns(Ns::Guest, move || -> Result<DatapathHandle> {
+            let standby: Box<dyn Link> = match standby {
+                StandbyKind::Xdp => Box::new(open_xdp(STANDBY, &addrs)?),
+                StandbyKind::Packet => {
+                    Box::new(PacketLink::open(STANDBY, &addrs).context("opening the standby")?)
+                }
+            };
+            let primary = open_xdp(PRIMARY, &addrs)?;
+            let stack = Stack::new(&config, Some(standby), Some(Box::new(primary)))?;
+            DatapathHandle::spawn(stack, DatapathOptions::default(), None)
+                .context("starting the datapath")
+        })??;
+        Ok(GuestStack {
+            datapath,
+            addresses,
+        })
+    }
+
+    pub fn datapath(&self) -> &DatapathHandle {
+        &self.datapath
+    }
+
+    /// A copy of the datapath's counters.
+    pub fn stats(&self) -> Result<Stats> {
+        Ok(self.datapath.call(|s| s.device().stats().clone())?)
+    }
+
+    pub fn path(&self) -> Result<Path> {
+        Ok(self.datapath.call(|s| s.device().path())?)
+    }
+
+    /// The modes the primary and standby links run in now.
+    pub fn modes(&self) -> Result<(Option<LinkMode>, Option<LinkMode>)> {
+        Ok(self.datapath.call(|s| {
+            let d = s.device();
+            (d.primary().map(|l| l.mode()), d.standby().map(|l| l.mode()))
+        })?)
+    }
+
+    /// Open the (new) `vf0` in the guest and make it the primary.
+    pub fn attach_primary(&self, lab: &Lab) -> Result<()> {
+        let addrs = self.addresses.clone();
+        let link = lab.in_ns(Ns::Guest, move || open_xdp(PRIMARY, &addrs))??;
+        Ok(self.datapath.attach_primary(Box::new(link))?)
+    }
+
+    /// Send the announce frames (what the agent does on a migration signal).
+    pub fn announce(&self) -> Result<usize> {
+        Ok(self.datapath.call(|s| s.announce(false))?)
+    }
+}
+
+fn open_xdp(ifname: &str, addresses: &[IpAddr]) -> Result<XdpLink> {
+    let config = XdpConfig {
+        ifname: ifname.to_owned(),
+        addresses: addresses.to_vec(),
+        ..XdpConfig::default()
+    };
+    XdpLink::open(&config).with_context(|| format!("opening AF_XDP on {ifname}"))
+}
+
+/// Send `count` UDP probes to the stack's echo service from the peer, each
+/// waiting up to 200 ms for its answer; returns how many came back intact.
+pub fn udp_probes(lab: &Lab, count: u32, size: usize) -> Result<u32> {
+    lab.in_ns(Ns::Peer, move || -> Result<u32> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(SocketAddr::new(STACK_V4.into(), ECHO_PORT))?;
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut answered = 0;
+        let mut buf = vec![0u8; size.max(8) + 64];
+        for i in 0..count {
+            let mut probe = vec![0xa5u8; size.max(8)];
+            probe[..4].copy_from_slice(&i.to_be_bytes());
+            socket.send(&probe)?;
+            // Skip late answers to earlier probes; the deadline bounds the loop.
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < deadline {
+                match socket.recv(&mut buf) {
+                    Ok(n) if buf[..n] == probe[..] => {
+                        answered += 1;
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        Ok(answered)
+    })?
+}
+
+/// One step of the scripted migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Unplug,
+    Migrate,
+    Replug,
+}
+
+/// The counters when a step began.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    pub step: Step,
+    pub at: SystemTime,
+    /// Bytes the peer had written when the step began.
+    pub written: u64,
+    pub stats_before: Stats,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub bytes: u64,
+    pub duration: Duration,
+    pub sent_sha256: String,
+    pub echoed_sha256: String,
+    pub steps: Vec<StepRecord>,
+    pub final_stats: Stats,
+    /// From the `ip link del` of `vf0` to the switch to the standby.
+    pub unplug_to_switch: Option<Duration>,
+    /// From that switch to the first frame sent on the standby.
+    pub switch_to_first_standby_tx: Option<Duration>,
+    /// Announce frames sent after the migration.
+    pub announced: usize,
+    pub modes: (Option<LinkMode>, Option<LinkMode>),
+}
+
+impl Report {
+    pub fn byte_exact(&self) -> bool {
+        self.sent_sha256 == self.echoed_sha256
+    }
+}
+
+/// Run a TCP echo stream of `bytes` from the peer to the guest stack and
+/// unplug, migrate (and announce) and replug at ¼, ½ and ¾ of it.
+///
+/// The writer may run at most ⅛ of the stream ahead of the step it waits
+/// for, so each step happens while data flows and each quarter of the
+/// stream really crosses the path that step leaves in place.
+pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Report> {
+    let written = Arc::new(AtomicU64::new(0));
+    let steps_done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let stream = {
+        let (written, steps_done) = (written.clone(), steps_done.clone());
+        lab.spawn_in(Ns::Peer, move || echo_stream(bytes, &written, &steps_done))?
+    };
+    let mut steps = Vec::new();
+    let mut unplug_at = None;
+    let mut announced = 0;
+    for (i, step) in [Step::Unplug, Step::Migrate, Step::Replug]
+        .into_iter()
+        .enumerate()
+    {
+        let threshold = bytes * (i as u64 + 1) / 4;
+        wait_for(&written, threshold, &stream)?;
+        let record = StepRecord {
+            step,
+            at: SystemTime::now(),
+            written: written.load(Ordering::Relaxed),
+            stats_before: guest.stats()?,
+        };
+        match step {
+            Step::Unplug => {
+                unplug_at = Some(record.at);
+                lab.unplug()?;
+            }
+            Step::Migrate => {
+                lab.migrate()?;
+                announced = guest.announce()?;
+            }
+            Step::Replug => {
+                lab.replug()?;
+                guest.attach_primary(lab)?;
+            }
+        }
+        steps.push(record);
+        steps_done.fetch_add(1, Ordering::Release);
+    }
+    let (sent_sha256, echoed_sha256) = stream
+        .join()
+        .map_err(|_| anyhow!("the peer's stream thread panicked"))??;
+    let final_stats = guest.stats()?;
+    let standby_switch = steps
+        .get(1)
+        .and_then(|migrate| migrate.stats_before.last_switch)
+        .filter(|s| s.to == Path::Standby);
+    Ok(Report {
+        bytes,
+        duration: started.elapsed(),
+        sent_sha256,
+        echoed_sha256,
+        unplug_to_switch: standby_switch
+            .zip(unplug_at)
+            .and_then(|(s, at)| s.at.duration_since(at).ok()),
+        switch_to_first_standby_tx: standby_switch.and_then(|s| s.first_tx_after),
+        steps,
+        final_stats,
+        announced,
+        modes: guest.modes()?,
+    })
+}
+
+fn wait_for(
+    written: &AtomicU64,
+    threshold: u64,
+    stream: &std::thread::JoinHandle<Result<(String, String)>>,
+) -> Result<()> {
+    let mut last = (0, Instant::now());
+    while written.load(Ordering::Acquire) < threshold {
+        if stream.is_finished() {
+            bail!("the stream ended before reaching {threshold} bytes");
+        }
+        let now = written.load(Ordering::Acquire);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > STALL {
+            bail!("the stream stalled at {now} bytes");
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    Ok(())
+}
+
+/// Deterministic, incompressible test data.
+fn fill_pattern(seed: &mut u64, buf: &mut [u8]) {
+    for chunk in buf.chunks_mut(8) {
+        // xorshift64
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+/// The peer's side: write `bytes` to the echo service from one thread and
+/// read them back on another; returns both SHA-256 digests (hex).
+fn echo_stream(
+    bytes: u64,
+    written: &AtomicU64,
+    steps_done: &AtomicUsize,
+) -> Result<(String, String)> {
+    let stream = TcpStream::connect_timeout(&SocketAddr::new(STACK_V4.into(), ECHO_PORT), STALL)
+        .context("connecting to the stack's echo service")?;
+    stream.set_read_timeout(Some(STALL))?;
+    stream.set_write_timeout(Some(STALL))?;
+    let mut reader = stream.try_clone()?;
+    let echoed = std::thread::spawn(move || -> Result<String> {
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        while got < bytes {
+            let n = reader
+                .read(&mut buf)
+                .with_context(|| format!("reading the echo after {got} bytes"))?;
+            if n == 0 {
+                bail!("the stack closed the connection after {got} bytes");
+            }
+            hash.update(&buf[..n]);
+            got += n as u64;
+        }
+        Ok(hex(&hash.finalize()))
+    });
+    let mut writer = stream;
+    let mut hash = Sha256::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    let started = Instant::now();
+    while sent < bytes {
+        // Step k (k = 1..3) begins at 2k/8 of the stream; the writer waits
+        // for it to be done before passing (2k+1)/8.
+        let gate = (sent * 8 / bytes).saturating_sub(1) / 2;
+        while (steps_done.load(Ordering::Acquire) as u64) < gate.min(3) {
+            if started.elapsed() > STALL * 6 {
+                bail!("the migration steps did not finish in time");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let len = (bytes - sent).min(buf.len() as u64) as usize;
+        fill_pattern(&mut seed, &mut buf[..len]);
+        writer
+            .write_all(&buf[..len])
+            .with_context(|| format!("writing after {sent} bytes"))?;
+        hash.update(&buf[..len]);
+        sent += len as u64;
+        written.store(sent, Ordering::Release);
+    }
+    let sent_hash = hex(&hash.finalize());
+    let echoed_hash = echoed
+        .join()
+        .map_err(|_| anyhow!("the reader thread panicked"))??;
+    Ok((sent_hash, echoed_hash))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,125 @@
+//! The failover datapath in the namespace lab: a TCP stream through unplug,
+//! migrate and replug; UDP echo on both paths; the guest kernel keeping its
+//! own traffic on a NIC under our XDP filter. Root only.
+
+use std::time::{Duration, Instant};
+
+use vfailover::lab::{Lab, LabOptions, Ns, GUEST_KERNEL_V4};
+use vfailover::scenario::{failover_transfer, udp_probes, GuestStack, StandbyKind, Step};
+use vfailover_netstack::stats::{Path, Stats};
+use vfailover_tests::can_run_as_root;
+
+const STREAM: u64 = 64 << 20;
+
+fn wait_for_path(guest: &GuestStack, want: Path) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = guest.stats().unwrap();
+        if guest.path().unwrap() == want {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "path never became {want}: {stats:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn tcp_stream_survives_unplug_migrate_replug() {
+    if !can_run_as_root() {
+        return;
+    }
+    let lab = Lab::create(LabOptions::default()).unwrap();
+    let guest = GuestStack::start(&lab, StandbyKind::Xdp).unwrap();
+    assert_eq!(guest.path().unwrap(), Path::Primary);
+
+    let report = failover_transfer(&lab, &guest, STREAM).unwrap();
+    let (unplug, migrate, replug) = (&report.steps[0], &report.steps[1], &report.steps[2]);
+    let fin = &report.final_stats;
+    println!(
+        "64 MiB echo in {:.2} s; modes {:?}; unplug→switch {:?}, switch→first standby TX {:?}",
+        report.duration.as_secs_f64(),
+        report.modes,
+        report.unplug_to_switch,
+        report.switch_to_first_standby_tx,
+    );
+    println!(
+        "at unplug {:?}\nat migrate {:?}\nat replug {:?}\nend {:?}",
+        unplug.stats_before, migrate.stats_before, replug.stats_before, fin
+    );
+
+    assert!(report.byte_exact(), "echo differs: {report:?}");
+    assert_eq!(
+        [unplug.step, migrate.step, replug.step],
+        [Step::Unplug, Step::Migrate, Step::Replug]
+    );
+    // Primary first, then the standby, then the primary again.
+    assert!(unplug.stats_before.primary.tx_packets > 1000);
+    assert_eq!(
+        unplug.stats_before.standby.tx_packets, 0,
+        "no standby TX before the unplug"
+    );
+    assert!(
+        replug.stats_before.standby.tx_packets > 1000,
+        "the standby carried the middle"
+    );
+    assert_eq!(
+        migrate.stats_before.primary.tx_packets, replug.stats_before.primary.tx_packets,
+        "no primary TX while it was unplugged"
+    );
+    assert!(fin.primary.tx_packets > replug.stats_before.primary.tx_packets + 1000);
+    assert_eq!(fin.switches, 2, "primary → standby → primary");
+    assert_eq!(guest.path().unwrap(), Path::Primary);
+    assert!(
+        report.announced >= 2,
+        "a GARP and an NA after the migration"
+    );
+    let switch_time = report
+        .switch_to_first_standby_tx
+        .expect("the standby sent after the switch");
+    assert!(report.unplug_to_switch.is_some());
+    assert!(switch_time < Duration::from_secs(1));
+}
+
+#[test]
+fn udp_echo_on_both_paths_and_the_kernel_keeps_its_address() {
+    if !can_run_as_root() {
+        return;
+    }
+    let lab = Lab::create(LabOptions::default()).unwrap();
+    let guest = GuestStack::start(&lab, StandbyKind::Packet).unwrap();
+    // Our XDP program is on vf0; what the stack does not own passes to the
+    // guest kernel, whose own address must keep answering.
+    assert!(lab.ping(Ns::Peer, GUEST_KERNEL_V4.into(), 3).unwrap());
+
+    let before = guest.stats().unwrap();
+    assert_eq!(
+        udp_probes(&lab, 20, 64).unwrap(),
+        20,
+        "UDP echo on the primary"
+    );
+    assert_eq!(
+        udp_probes(&lab, 20, 1400).unwrap(),
+        20,
+        "1400-byte UDP echo on the primary"
+    );
+    let on_primary = guest.stats().unwrap();
+    assert!(on_primary.primary.tx_packets >= before.primary.tx_packets + 40);
+
+    lab.unplug().unwrap();
+    let unplugged = wait_for_path(&guest, Path::Standby);
+    assert_eq!(
+        udp_probes(&lab, 20, 64).unwrap(),
+        20,
+        "UDP echo on the standby"
+    );
+    let on_standby = guest.stats().unwrap();
+    assert!(on_standby.standby.tx_packets >= unplugged.standby.tx_packets + 20);
+    assert!(on_standby.standby.rx_packets >= unplugged.standby.rx_packets + 20);
+    assert_eq!(
+        guest.modes().unwrap().1.map(|m| m.to_string()).as_deref(),
+        Some("packet")
+    );
+}

@@ -39,10 +39,11 @@ fn tcp_stream_survives_unplug_migrate_replug() {
     let (unplug, migrate, replug) = (&report.steps[0], &report.steps[1], &report.steps[2]);
     let fin = &report.final_stats;
     println!(
-        "64 MiB echo in {:.2} s; modes {:?}; unplug→switch {:?}, switch→first standby TX {:?}",
+        "64 MiB echo in {:.2} s; modes {:?}; ip link del→rtnetlink event {:?}, event→switch {:?}, switch→first standby TX {:?}",
         report.duration.as_secs_f64(),
         report.modes,
-        report.unplug_to_switch,
+        report.unplug_to_event,
+        report.event_to_switch,
         report.switch_to_first_standby_tx,
     );
     println!(
@@ -79,7 +80,10 @@ fn tcp_stream_survives_unplug_migrate_replug() {
     let switch_time = report
         .switch_to_first_standby_tx
         .expect("the standby sent after the switch");
-    assert!(report.unplug_to_switch.is_some());
+    assert!(
+        report.unplug_to_event.is_some(),
+        "the deletion was seen on rtnetlink"
+    );
     assert!(switch_time < Duration::from_secs(1));
 }
 

@@ -127,11 +127,18 @@ fn print_report(r: &Report) {
             b.standby.rx_packets - a.standby.rx_packets,
         );
     }
-    if let Some(d) = r.unplug_to_switch {
+    if let Some(d) = r.unplug_to_event {
         println!(
-            "unplug (ip link del) → switch to standby: {:.3} ms",
+            "`ip link del vf0` started → rtnetlink event: {:.3} ms",
             d.as_secs_f64() * 1e3
         );
+    }
+    match r.event_to_switch {
+        Some(d) => println!(
+            "rtnetlink event → switch to the standby: {:.3} ms",
+            d.as_secs_f64() * 1e3
+        ),
+        None => println!("switch to the standby: before a second listener heard the event"),
     }
     if let Some(d) = r.switch_to_first_standby_tx {
         println!(

@@ -18,6 +18,7 @@ use vfailover_netstack::datapath::{DatapathHandle, DatapathOptions};
 use vfailover_netstack::link::packet::PacketLink;
 use vfailover_netstack::link::xdp::{XdpConfig, XdpLink};
 use vfailover_netstack::link::{Link, LinkMode};
+use vfailover_netstack::monitor::{LinkEvent, LinkMonitor};
 use vfailover_netstack::stack::{Buffers, ServiceConfig, ServiceKind, Stack, StackConfig};
 use vfailover_netstack::stats::{Path, Stats};
 
@@ -192,8 +193,14 @@ pub struct Report {
     pub echoed_sha256: String,
     pub steps: Vec<StepRecord>,
     pub final_stats: Stats,
-    /// From the `ip link del` of `vf0` to the switch to the standby.
-    pub unplug_to_switch: Option<Duration>,
+    /// From starting `ip link del vf0` to the first rtnetlink sign of it
+    /// (`RTM_NEWLINK` going down, or `RTM_DELLINK`), as a separate listener
+    /// in the guest saw it: process start plus the kernel's work.
+    pub unplug_to_event: Option<Duration>,
+    /// From that event to the datapath's switch to the standby: the agent's
+    /// reaction time. `None` if the datapath switched before the listener
+    /// heard (it also learns from errors on use).
+    pub event_to_switch: Option<Duration>,
     /// From that switch to the first frame sent on the standby.
     pub switch_to_first_standby_tx: Option<Duration>,
     /// Announce frames sent after the migration.
@@ -223,13 +230,14 @@ pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Re
     };
     let mut steps = Vec::new();
     let mut unplug_at = None;
+    let mut event_at = None;
     let mut announced = 0;
     for (i, step) in [Step::Unplug, Step::Migrate, Step::Replug]
         .into_iter()
         .enumerate()
     {
         let threshold = bytes * (i as u64 + 1) / 4;
-        wait_for(&written, threshold, &stream)?;
+        wait_for(&written, threshold, &stream).with_context(|| datapath_state(guest))?;
         let record = StepRecord {
             step,
             at: SystemTime::now(),
@@ -238,8 +246,12 @@ pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Re
         };
         match step {
             Step::Unplug => {
+                let listener = lab.spawn_in(Ns::Guest, || wait_for_loss(PRIMARY))?;
                 unplug_at = Some(record.at);
                 lab.unplug()?;
+                event_at = listener
+                    .join()
+                    .map_err(|_| anyhow!("the rtnetlink listener panicked"))??;
             }
             Step::Migrate => {
                 lab.migrate()?;
@@ -255,7 +267,8 @@ pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Re
     }
     let (sent_sha256, echoed_sha256) = stream
         .join()
-        .map_err(|_| anyhow!("the peer's stream thread panicked"))??;
+        .map_err(|_| anyhow!("the peer's stream thread panicked"))?
+        .with_context(|| datapath_state(guest))?;
     let final_stats = guest.stats()?;
     let standby_switch = steps
         .get(1)
@@ -266,15 +279,53 @@ pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Re
         duration: started.elapsed(),
         sent_sha256,
         echoed_sha256,
-        unplug_to_switch: standby_switch
+        unplug_to_event: event_at
             .zip(unplug_at)
-            .and_then(|(s, at)| s.at.duration_since(at).ok()),
+            .and_then(|(event, at)| event.duration_since(at).ok()),
+        event_to_switch: standby_switch
+            .zip(event_at)
+            .and_then(|(s, event)| s.at.duration_since(event).ok()),
         switch_to_first_standby_tx: standby_switch.and_then(|s| s.first_tx_after),
         steps,
         final_stats,
         announced,
         modes: guest.modes()?,
     })
+}
+
+/// Wait (at most 5 s) for rtnetlink to say `ifname` went down or away in
+/// this thread's namespace; returns when it did. The listener is open
+/// before the link is deleted: `spawn_in` returns once the thread is inside.
+fn wait_for_loss(ifname: &str) -> Result<Option<SystemTime>> {
+    let mut monitor = LinkMonitor::open().context("opening an rtnetlink listener")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let mut seen = None;
+        monitor.read(|event| {
+            let name = match event {
+                LinkEvent::Removed { ifname, .. } => ifname,
+                LinkEvent::Changed(state) if !(state.up && state.carrier) => state.ifname,
+                _ => None,
+            };
+            if name.as_deref() == Some(ifname) && seen.is_none() {
+                seen = Some(SystemTime::now());
+            }
+        })?;
+        if seen.is_some() {
+            return Ok(seen);
+        }
+        monitor.wait(Duration::from_millis(50))?;
+    }
+    Ok(None)
+}
+
+/// The datapath's path and counters, to explain a failed run.
+fn datapath_state(guest: &GuestStack) -> String {
+    let connections = guest.datapath.call(|s| s.connections());
+    match guest.stats().and_then(|stats| Ok((guest.path()?, stats))) {
+        Ok((path, stats)) => format!("datapath on path {path}: {stats:?}; {connections:?}"),
+        Err(e) => format!("datapath unreachable: {e}"),
+    }
 }
 
 fn wait_for(

@@ -135,32 +135,37 @@ impl FailoverDevice {
         Ok(())
     }
 
-    /// Record what rtnetlink says about interface `ifindex`.
+    /// Record what rtnetlink (or an error on use) says about interface
+    /// `ifindex`, and choose the path again. The link may already have
+    /// marked itself, so the path is re-chosen whenever the link is ours.
     pub fn set_link_health(&mut self, ifindex: u32, health: Health) {
-        let mut changed = None;
-        if let Some(link) = self.primary.as_deref_mut() {
-            if link.ifindex() == ifindex && link.health() != health {
-                link.set_health(health);
-                changed = Some(if health == Health::Up {
-                    SwitchCause::PrimaryRecovered
-                } else {
-                    SwitchCause::PrimaryLost
-                });
+        let recovered = health == Health::Up;
+        let cause = if let Some(link) = self
+            .primary
+            .as_deref_mut()
+            .filter(|l| l.ifindex() == ifindex)
+        {
+            link.set_health(health);
+            if recovered {
+                SwitchCause::PrimaryRecovered
+            } else {
+                SwitchCause::PrimaryLost
             }
-        }
-        if let Some(link) = self.standby.as_deref_mut() {
-            if link.ifindex() == ifindex && link.health() != health {
-                link.set_health(health);
-                changed = Some(if health == Health::Up {
-                    SwitchCause::StandbyAttached
-                } else {
-                    SwitchCause::StandbyLost
-                });
+        } else if let Some(link) = self
+            .standby
+            .as_deref_mut()
+            .filter(|l| l.ifindex() == ifindex)
+        {
+            link.set_health(health);
+            if recovered {
+                SwitchCause::StandbyAttached
+            } else {
+                SwitchCause::StandbyLost
             }
-        }
-        if let Some(cause) = changed {
-            self.reselect(cause);
-        }
+        } else {
+            return;
+        };
+        self.reselect(cause);
     }
 
     /// File descriptors that become readable when a link has frames.

@@ -6,7 +6,10 @@
 //! `IFLA_EVENT_NOTIFY_PEERS`, virtio-net's migration hint.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::link::{LinkAttribute, LinkEvent as KernelEvent, LinkFlags, LinkMessage};
@@ -67,6 +70,16 @@ impl LinkMonitor {
 
     pub fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
+    }
+
+    /// Block until a notification is pending or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) -> io::Result<()> {
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Read every pending notification and hand each event to `on_event`.

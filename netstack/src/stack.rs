@@ -1,9 +1,14 @@
 //! [`Stack`]: a smoltcp interface on a [`FailoverDevice`], its sockets and
 //! the built-in services.
 //!
-//! Sizing (why these numbers): TCP buffers of 256 KiB per direction let
-//! window scaling keep a fast link busy without letting one connection eat
-//! the memory budget; 32 out-of-order segments per socket
+//! Sizing (why these numbers): TCP buffers of 64 KiB per direction, the
+//! most that needs no window scaling. With scaling, smoltcp 0.14 rounds its
+//! advertised window down and so shrinks it; a Linux peer then holds data
+//! beyond our window, and once our window is zero smoltcp rejects that
+//! peer's ACKs as out of window (RFC 9293 asks to accept them) and both
+//! sides stall for good. Seen in the lab with 256 KiB echo buffers in about
+//! one run in three. 64 KiB still fills a link with a 100 µs RTT at 5 Gbit/s.
+//! 32 out-of-order segments per socket
 //! (`assembler-max-segment-count-32`) ride out a burst of loss during a
 //! switch; the neighbour cache holds 64 entries (`iface-neighbor-cache-
 //! count-64`), plenty for a guest on one L2 segment; up to 8 addresses.
@@ -34,7 +39,9 @@ pub struct ServiceConfig {
     pub port: u16,
 }
 
-/// Buffer sizes, per socket and direction.
+/// Buffer sizes, per socket and direction. TCP buffers above 64 KiB turn on
+/// window scaling; see the module documentation for why that is not the
+/// default.
 #[derive(Debug, Clone, Copy)]
 pub struct Buffers {
     pub tcp: usize,
@@ -47,7 +54,7 @@ pub struct Buffers {
 impl Default for Buffers {
     fn default() -> Self {
         Buffers {
-            tcp: 256 * 1024,
+            tcp: 64 * 1024,
             udp_packets: 256,
             udp_bytes: 256 * 1500,
             tcp_connections: 32,
@@ -82,6 +89,16 @@ pub enum StackError {
     },
     #[error(transparent)]
     Link(#[from] LinkError),
+}
+
+/// One TCP connection of a built-in service.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Connection {
+    pub local: Option<String>,
+    pub remote: Option<String>,
+    pub state: String,
+    pub recv_queue: usize,
+    pub send_queue: usize,
 }
 
 /// A built-in service and the sockets serving it.
@@ -265,6 +282,25 @@ impl Stack {
             }
             false
         });
+    }
+
+    /// The TCP connections of the built-in services, for status reports.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.services
+            .iter()
+            .filter(|service| service.config.kind != ServiceKind::UdpEcho)
+            .flat_map(|service| &service.sockets)
+            .filter_map(|&handle| match self.sockets.get::<tcp::Socket>(handle) {
+                s if s.state() == tcp::State::Listen => None,
+                s => Some(Connection {
+                    local: s.local_endpoint().map(|e| e.to_string()),
+                    remote: s.remote_endpoint().map(|e| e.to_string()),
+                    state: s.state().to_string(),
+                    recv_queue: s.recv_queue(),
+                    send_queue: s.send_queue(),
+                }),
+            })
+            .collect()
     }
 
     pub fn services(&self) -> impl Iterator<Item = ServiceConfig> + '_ {

@@ -304,3 +304,38 @@ fn announce_sends_one_frame_per_address_on_the_active_path() {
     assert_eq!(ethertypes, vec![[0x08, 0x06], [0x86, 0xdd], [0x80, 0x35]]);
     assert_eq!(stack.device().stats().standby.tx_packets, 3);
 }
+
+#[test]
+fn echo_recovers_when_the_peer_stops_reading_for_a_while() {
+    let mut lab = Lab::new();
+    let handle = lab.peer.add_tcp_socket();
+    let (sockets, iface) = lab.peer.sockets_and_iface();
+    sockets
+        .get_mut::<tcp::Socket>(handle)
+        .connect(iface.context(), (IpAddress::v4(10, 0, 0, 20), 7), 40001)
+        .unwrap();
+    let total = 4 * 1024 * 1024;
+    let (mut sent, mut received) = (0usize, 0usize);
+    let mut buf = vec![0u8; 8192];
+    for step in 0..400_000 {
+        lab.step();
+        let socket = lab.peer.sockets_mut().get_mut::<tcp::Socket>(handle);
+        if socket.can_send() && sent < total {
+            sent += socket
+                .send_slice(&pattern(sent, (total - sent).min(4096)))
+                .unwrap();
+        }
+        // Stop reading for a while: both directions fill up and both
+        // windows close; reading again must reopen them.
+        let paused = (2_000..12_000).contains(&step);
+        while !paused && socket.can_recv() {
+            let n = socket.recv_slice(&mut buf).unwrap();
+            assert_eq!(buf[..n], pattern(received, n)[..]);
+            received += n;
+        }
+        if received == total {
+            return;
+        }
+    }
+    panic!("stalled: sent {sent}, received {received}");
+}

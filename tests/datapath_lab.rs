@@ -2,9 +2,10 @@
 //! migrate and replug; UDP echo on both paths; the guest kernel keeping its
 //! own traffic on a NIC under our XDP filter. Root only.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use vfailover::lab::{Lab, LabOptions, Ns, GUEST_KERNEL_V4};
+use vfailover::lab::{Lab, LabOptions, Ns, GUEST_KERNEL_V4, STACK_V4, STACK_V6};
 use vfailover::scenario::{failover_transfer, udp_probes, GuestStack, StandbyKind, Step};
 use vfailover_netstack::stats::{Path, Stats};
 use vfailover_tests::can_run_as_root;
@@ -98,30 +99,26 @@ fn udp_echo_on_both_paths_and_the_kernel_keeps_its_address() {
     // guest kernel, whose own address must keep answering.
     assert!(lab.ping(Ns::Peer, GUEST_KERNEL_V4.into(), 3).unwrap());
 
+    let (v4, v6) = (IpAddr::from(STACK_V4), IpAddr::from(STACK_V6));
+    let probe = |to, size, what| assert_eq!(udp_probes(&lab, to, 20, size).unwrap(), 20, "{what}");
     let before = guest.stats().unwrap();
-    assert_eq!(
-        udp_probes(&lab, 20, 64).unwrap(),
-        20,
-        "UDP echo on the primary"
-    );
-    assert_eq!(
-        udp_probes(&lab, 20, 1400).unwrap(),
-        20,
-        "1400-byte UDP echo on the primary"
+    probe(v4, 64, "UDP echo on the primary");
+    probe(v4, 1400, "1400-byte UDP echo on the primary");
+    probe(
+        v6,
+        64,
+        "UDP echo over IPv6 (neighbour discovery) on the primary",
     );
     let on_primary = guest.stats().unwrap();
-    assert!(on_primary.primary.tx_packets >= before.primary.tx_packets + 40);
+    assert!(on_primary.primary.tx_packets >= before.primary.tx_packets + 60);
 
     lab.unplug().unwrap();
     let unplugged = wait_for_path(&guest, Path::Standby);
-    assert_eq!(
-        udp_probes(&lab, 20, 64).unwrap(),
-        20,
-        "UDP echo on the standby"
-    );
+    probe(v4, 64, "UDP echo on the standby");
+    probe(v6, 64, "UDP echo over IPv6 on the standby");
     let on_standby = guest.stats().unwrap();
-    assert!(on_standby.standby.tx_packets >= unplugged.standby.tx_packets + 20);
-    assert!(on_standby.standby.rx_packets >= unplugged.standby.rx_packets + 20);
+    assert!(on_standby.standby.tx_packets >= unplugged.standby.tx_packets + 40);
+    assert!(on_standby.standby.rx_packets >= unplugged.standby.rx_packets + 40);
     assert_eq!(
         guest.modes().unwrap().1.map(|m| m.to_string()).as_deref(),
         Some("packet")

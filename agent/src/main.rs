@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use vfailover::lab::{Lab, LabOptions, Ns, GUEST_KERNEL_V4};
+use vfailover::lab::{Lab, LabOptions, Ns, GUEST_KERNEL_V4, STACK_V4};
 use vfailover::scenario::{self, GuestStack, Report, StandbyKind};
 use vfailover_netstack::stats::Stats;
 
@@ -75,13 +75,13 @@ fn lab(bytes: u64, standby: Standby) -> Result<()> {
     println!("guest kernel still answers ping on vf0 with the XDP filter attached");
     println!(
         "UDP echo on the primary: {}/20 answered",
-        scenario::udp_probes(&lab, 20, 64)?
+        scenario::udp_probes(&lab, STACK_V4.into(), 20, 64)?
     );
     let report = scenario::failover_transfer(&lab, &guest, bytes)?;
     print_report(&report);
     println!(
         "UDP echo on the primary after replug: {}/20 answered",
-        scenario::udp_probes(&lab, 20, 64)?
+        scenario::udp_probes(&lab, STACK_V4.into(), 20, 64)?
     );
     drop(guest);
     lab.teardown()?;

@@ -136,12 +136,17 @@ fn open_xdp(ifname: &str, addresses: &[IpAddr]) -> Result<XdpLink> {
     XdpLink::open(&config).with_context(|| format!("opening AF_XDP on {ifname}"))
 }
 
-/// Send `count` UDP probes to the stack's echo service from the peer, each
-/// waiting up to 200 ms for its answer; returns how many came back intact.
-pub fn udp_probes(lab: &Lab, count: u32, size: usize) -> Result<u32> {
+/// Send `count` UDP probes to the stack's echo service at `to` from the
+/// peer, each waiting up to 200 ms for its answer; returns how many came
+/// back intact.
+pub fn udp_probes(lab: &Lab, to: IpAddr, count: u32, size: usize) -> Result<u32> {
     lab.in_ns(Ns::Peer, move || -> Result<u32> {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
-        socket.connect(SocketAddr::new(STACK_V4.into(), ECHO_PORT))?;
+        let any: IpAddr = match to {
+            IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
+        socket.connect(SocketAddr::new(to, ECHO_PORT))?;
         socket.set_read_timeout(Some(Duration::from_millis(200)))?;
         let mut answered = 0;
         let mut buf = vec![0u8; size.max(8) + 64];
@@ -214,20 +219,83 @@ impl Report {
     }
 }
 
+/// A TCP echo stream from the peer to the stack's echo service that a
+/// driver moves through `steps` steps (unplug, migrate, ...).
+///
+/// Step k (1-based) begins once k/(steps+1) of the stream is written; the
+/// writer waits for it to be done before passing (k+½)/(steps+1). So each
+/// step happens while data flows, and each part of the stream really
+/// crosses the path that the step before it left in place.
+pub struct GatedStream {
+    bytes: u64,
+    steps: usize,
+    written: Arc<AtomicU64>,
+    steps_done: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<Result<(String, String)>>,
+    started: Instant,
+}
+
+impl GatedStream {
+    pub fn start(lab: &Lab, bytes: u64, steps: usize) -> Result<GatedStream> {
+        let written = Arc::new(AtomicU64::new(0));
+        let steps_done = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (written, steps_done) = (written.clone(), steps_done.clone());
+            lab.spawn_in(Ns::Peer, move || {
+                echo_stream(bytes, steps, &written, &steps_done)
+            })?
+        };
+        Ok(GatedStream {
+            bytes,
+            steps,
+            written,
+            steps_done,
+            thread,
+            started: Instant::now(),
+        })
+    }
+
+    /// Wait until step `k` (1-based) may begin; returns the bytes written.
+    pub fn wait_for_step(&self, k: usize) -> Result<u64> {
+        let threshold = self.bytes * k as u64 / (self.steps as u64 + 1);
+        let mut last = (0, Instant::now());
+        loop {
+            let now = self.written.load(Ordering::Acquire);
+            if now >= threshold {
+                return Ok(now);
+            }
+            if self.thread.is_finished() {
+                bail!("the stream ended before reaching {threshold} bytes");
+            }
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() > STALL {
+                bail!("the stream stalled at {now} bytes");
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+
+    /// Let the writer pass the gate of the step just done.
+    pub fn step_done(&self) {
+        self.steps_done.fetch_add(1, Ordering::Release);
+    }
+
+    /// Wait for the end; returns the SHA-256 of what was sent and of what
+    /// came back, and how long the stream ran.
+    pub fn finish(self) -> Result<(String, String, Duration)> {
+        let (sent, echoed) = self
+            .thread
+            .join()
+            .map_err(|_| anyhow!("the peer's stream thread panicked"))??;
+        Ok((sent, echoed, self.started.elapsed()))
+    }
+}
+
 /// Run a TCP echo stream of `bytes` from the peer to the guest stack and
 /// unplug, migrate (and announce) and replug at ¼, ½ and ¾ of it.
-///
-/// The writer may run at most ⅛ of the stream ahead of the step it waits
-/// for, so each step happens while data flows and each quarter of the
-/// stream really crosses the path that step leaves in place.
 pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Report> {
-    let written = Arc::new(AtomicU64::new(0));
-    let steps_done = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let stream = {
-        let (written, steps_done) = (written.clone(), steps_done.clone());
-        lab.spawn_in(Ns::Peer, move || echo_stream(bytes, &written, &steps_done))?
-    };
+    let stream = GatedStream::start(lab, bytes, 3)?;
     let mut steps = Vec::new();
     let mut unplug_at = None;
     let mut event_at = None;
@@ -236,12 +304,13 @@ pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Re
         .into_iter()
         .enumerate()
     {
-        let threshold = bytes * (i as u64 + 1) / 4;
-        wait_for(&written, threshold, &stream).with_context(|| datapath_state(guest))?;
+        let written = stream
+            .wait_for_step(i + 1)
+            .with_context(|| datapath_state(guest))?;
         let record = StepRecord {
             step,
             at: SystemTime::now(),
-            written: written.load(Ordering::Relaxed),
+            written,
             stats_before: guest.stats()?,
         };
         match step {
@@ -263,12 +332,10 @@ pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Re
             }
         }
         steps.push(record);
-        steps_done.fetch_add(1, Ordering::Release);
+        stream.step_done();
     }
-    let (sent_sha256, echoed_sha256) = stream
-        .join()
-        .map_err(|_| anyhow!("the peer's stream thread panicked"))?
-        .with_context(|| datapath_state(guest))?;
+    let (sent_sha256, echoed_sha256, duration) =
+        stream.finish().with_context(|| datapath_state(guest))?;
     let final_stats = guest.stats()?;
     let standby_switch = steps
         .get(1)
@@ -276,7 +343,7 @@ pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Re
         .filter(|s| s.to == Path::Standby);
     Ok(Report {
         bytes,
-        duration: started.elapsed(),
+        duration,
         sent_sha256,
         echoed_sha256,
         unplug_to_event: event_at
@@ -328,27 +395,6 @@ fn datapath_state(guest: &GuestStack) -> String {
     }
 }
 
-fn wait_for(
-    written: &AtomicU64,
-    threshold: u64,
-    stream: &std::thread::JoinHandle<Result<(String, String)>>,
-) -> Result<()> {
-    let mut last = (0, Instant::now());
-    while written.load(Ordering::Acquire) < threshold {
-        if stream.is_finished() {
-            bail!("the stream ended before reaching {threshold} bytes");
-        }
-        let now = written.load(Ordering::Acquire);
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() > STALL {
-            bail!("the stream stalled at {now} bytes");
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    Ok(())
-}
-
 /// Deterministic, incompressible test data.
 fn fill_pattern(seed: &mut u64, buf: &mut [u8]) {
     for chunk in buf.chunks_mut(8) {
@@ -364,6 +410,7 @@ fn fill_pattern(seed: &mut u64, buf: &mut [u8]) {
 /// read them back on another; returns both SHA-256 digests (hex).
 fn echo_stream(
     bytes: u64,
+    steps: usize,
     written: &AtomicU64,
     steps_done: &AtomicUsize,
 ) -> Result<(String, String)> {
@@ -393,14 +440,15 @@ fn echo_stream(
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut buf = vec![0u8; 64 * 1024];
     let mut sent = 0u64;
-    let started = Instant::now();
     while sent < bytes {
-        // Step k (k = 1..3) begins at 2k/8 of the stream; the writer waits
-        // for it to be done before passing (2k+1)/8.
-        let gate = (sent * 8 / bytes).saturating_sub(1) / 2;
-        while (steps_done.load(Ordering::Acquire) as u64) < gate.min(3) {
-            if started.elapsed() > STALL * 6 {
-                bail!("the migration steps did not finish in time");
+        // In halves of a part: step k begins at 2k halves and must be done
+        // before the writer passes 2k+1.
+        let halves = sent * 2 * (steps as u64 + 1) / bytes;
+        let gate = (halves.saturating_sub(1) / 2).min(steps as u64);
+        let waiting = Instant::now();
+        while (steps_done.load(Ordering::Acquire) as u64) < gate {
+            if waiting.elapsed() > STALL {
+                bail!("step {gate} did not finish within {STALL:?}");
             }
             std::thread::sleep(Duration::from_micros(200));
         }

@@ -63,10 +63,26 @@ impl Default for DatapathOptions {
 #[error("the datapath thread has stopped")]
 pub struct DatapathGone;
 
-/// The control side's handle on a running datapath.
-pub struct DatapathHandle {
+/// Sends commands to a datapath; cheap to clone, for threads that open
+/// links and hand them over when ready.
+#[derive(Clone)]
+pub struct Commander {
     commands: Sender<Command>,
     waker: Arc<EventFd>,
+}
+
+impl Commander {
+    pub fn send(&self, command: Command) -> Result<(), DatapathGone> {
+        self.commands.send(command).map_err(|_| DatapathGone)?;
+        // A full eventfd counter still wakes the loop; nothing to handle.
+        let _ = self.waker.write(1);
+        Ok(())
+    }
+}
+
+/// The control side's handle on a running datapath.
+pub struct DatapathHandle {
+    commander: Commander,
     thread: Option<JoinHandle<Stack>>,
 }
 
@@ -99,17 +115,18 @@ impl DatapathHandle {
                 datapath.stack
             })?;
         Ok(DatapathHandle {
-            commands,
-            waker,
+            commander: Commander { commands, waker },
             thread: Some(thread),
         })
     }
 
     pub fn send(&self, command: Command) -> Result<(), DatapathGone> {
-        self.commands.send(command).map_err(|_| DatapathGone)?;
-        // A full eventfd counter still wakes the loop; nothing to handle.
-        let _ = self.waker.write(1);
-        Ok(())
+        self.commander.send(command)
+    }
+
+    /// A sender of commands that other threads can own.
+    pub fn commander(&self) -> Commander {
+        self.commander.clone()
     }
 
     /// Run `f` on the stack in the datapath thread and wait for its result.

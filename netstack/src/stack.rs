@@ -79,6 +79,8 @@ pub struct StackConfig {
 pub enum StackError {
     #[error("too many addresses: {0} (at most 8)")]
     TooManyAddresses(usize),
+    #[error("{0} is not a unicast address")]
+    NotUnicast(IpAddr),
     #[error("gateway {0} is not reachable through any configured prefix")]
     GatewayUnreachable(IpAddr),
     #[error("service {kind:?} on port {port}: {reason}")]
@@ -157,6 +159,14 @@ impl Stack {
         if addresses.len() > smoltcp::config::IFACE_MAX_ADDR_COUNT {
             return Err(StackError::TooManyAddresses(addresses.len()));
         }
+        // smoltcp panics on a non-unicast interface address; refuse it here.
+        if let Some(bad) = addresses
+            .iter()
+            .map(|c| IpAddr::from(c.address()))
+            .find(|a| !is_unicast(a))
+        {
+            return Err(StackError::NotUnicast(bad));
+        }
         for gw in gateway_v4
             .map(IpAddr::V4)
             .into_iter()
@@ -188,6 +198,14 @@ impl Stack {
         Ok(())
     }
 
+    /// Forget every neighbour (ARP/NDP) entry, so the gateway and peers are
+    /// resolved again: after a migration, cached entries may be stale.
+    pub fn refresh_neighbors(&mut self) {
+        // smoltcp flushes its neighbour cache whenever the address list is
+        // updated, and offers no other way to do it.
+        self.iface.update_ip_addrs(|_| {});
+    }
+
     /// The addresses the stack answers on.
     pub fn addresses(&self) -> &[IpCidr] {
         self.iface.ip_addrs()
@@ -195,6 +213,13 @@ impl Stack {
 
     pub fn mac(&self) -> [u8; 6] {
         self.mac
+    }
+
+    /// Take the failover pair's MAC (known once its standby is found).
+    pub fn set_mac(&mut self, mac: [u8; 6]) {
+        self.mac = mac;
+        self.iface
+            .set_hardware_addr(HardwareAddress::Ethernet(EthernetAddress(mac)));
     }
 
     pub fn device(&self) -> &FailoverDevice {
@@ -457,6 +482,13 @@ fn discard(socket: &mut tcp::Socket) -> bool {
         }
     }
     moved
+}
+
+fn is_unicast(addr: &IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => !(a.is_multicast() || a.is_broadcast() || a.is_unspecified()),
+        IpAddr::V6(a) => !(a.is_multicast() || a.is_unspecified()),
+    }
 }
 
 fn random_seed() -> u64 {

@@ -339,3 +339,15 @@ fn echo_recovers_when_the_peer_stops_reading_for_a_while() {
     }
     panic!("stalled: sent {sent}, received {received}");
 }
+
+#[test]
+fn non_unicast_addresses_are_refused_not_a_panic() {
+    for bad in ["224.0.0.1/4", "0.0.0.0/0", "ff02::1/16", "::/0"] {
+        let cfg = config(STACK_MAC, bad, vec![]);
+        let (link, _far) = MemoryLink::pair("virtio0", "x");
+        assert!(
+            Stack::new(&cfg, Some(Box::new(link)), None).is_err(),
+            "{bad}"
+        );
+    }
+}

@@ -5,10 +5,9 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use vfailover::lab::{Lab, LabOptions, Ns, GUEST_KERNEL_V4, STACK_V4, STACK_V6};
+use vfailover::lab::{root_or_skip, Lab, LabOptions, Ns, GUEST_KERNEL_V4, STACK_V4, STACK_V6};
 use vfailover::scenario::{failover_transfer, udp_probes, GuestStack, StandbyKind, Step};
 use vfailover_netstack::stats::{Path, Stats};
-use vfailover_tests::can_run_as_root;
 
 const STREAM: u64 = 64 << 20;
 
@@ -29,7 +28,7 @@ fn wait_for_path(guest: &GuestStack, want: Path) -> Stats {
 
 #[test]
 fn tcp_stream_survives_unplug_migrate_replug() {
-    if !can_run_as_root() {
+    if !root_or_skip() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();
@@ -90,7 +89,7 @@ fn tcp_stream_survives_unplug_migrate_replug() {
 
 #[test]
 fn udp_echo_on_both_paths_and_the_kernel_keeps_its_address() {
-    if !can_run_as_root() {
+    if !root_or_skip() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();

@@ -616,6 +616,22 @@ impl Drop for Lab {
     }
 }
 
+/// Whether a test that needs root (namespaces, XDP) can run here. Outside
+/// CI a non-root run skips with a message; under `CI=true` skipping is a
+/// failure, so this panics instead.
+pub fn root_or_skip() -> bool {
+    if geteuid().is_root() {
+        return true;
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "this test needs root (network namespaces, XDP), and CI=true does not allow skipping it"
+    );
+    eprintln!("skipping: this test needs root (network namespaces, XDP)");
+    false
+}
+
 fn preflight() -> Result<()> {
     if !geteuid().is_root() {
         bail!(

@@ -10,21 +10,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use vfailover::lab::{
-    Lab, LabOptions, Ns, GUEST_KERNEL_V4, PEER_V4, PRIMARY, PRIMARY_FAR, STANDBY, STANDBY_FAR,
-    TOR_DST_PORT, TOR_SRC_PORT,
+    root_or_skip, Lab, LabOptions, Ns, GUEST_KERNEL_V4, PEER_V4, PRIMARY, PRIMARY_FAR, STANDBY,
+    STANDBY_FAR, TOR_DST_PORT, TOR_SRC_PORT,
 };
-
-/// False (with a message) if the test cannot run here; panics under CI instead.
-fn can_run() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("the lab tests need root, and CI=true does not allow skipping them");
-    }
-    eprintln!("skipping: the lab needs root (network namespaces)");
-    false
-}
 
 /// Names from `ip netns list` (`name (id: 3)` → `name`).
 fn netns_list() -> Vec<String> {
@@ -89,7 +77,7 @@ const GUEST: IpAddr = IpAddr::V4(GUEST_KERNEL_V4);
 
 #[test]
 fn migration_steps_and_the_blackhole() {
-    if !can_run() {
+    if !root_or_skip() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();
@@ -186,7 +174,7 @@ fn migration_steps_and_the_blackhole() {
 
 #[test]
 fn steps_out_of_order_are_refused() {
-    if !can_run() {
+    if !root_or_skip() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();
@@ -219,7 +207,7 @@ fn steps_out_of_order_are_refused() {
 
 #[test]
 fn a_panic_inside_a_namespace_still_cleans_up() {
-    if !can_run() {
+    if !root_or_skip() {
         return;
     }
     let names = Mutex::new(Vec::new());
@@ -235,7 +223,7 @@ fn a_panic_inside_a_namespace_still_cleans_up() {
 
 #[test]
 fn cleanup_stale_removes_namespaces_of_dead_processes() {
-    if !can_run() {
+    if !root_or_skip() {
         return;
     }
     // A pid that ran and is gone: a lab killed with SIGKILL leaves exactly this behind.

@@ -3,7 +3,9 @@
 //! An AF_XDP socket's `poll` never reports that its device unregistered,
 //! so the datapath learns of a VF's loss here (`RTM_DELLINK`) — the fastest
 //! signal the kernel gives. The same events carry carrier changes and
-//! `IFLA_EVENT_NOTIFY_PEERS`, virtio-net's migration hint.
+//! `IFLA_EVENT_NOTIFY_PEERS`, virtio-net's migration hint. [`dump_links`]
+//! lists the devices that exist now, in the same shape, so a listener can
+//! start from a full picture and follow the notifications from there.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -11,7 +13,9 @@ use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkEvent as KernelEvent, LinkFlags, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -20,6 +24,10 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 const RTMGRP_LINK: u32 = 1;
 /// Large enough that a burst of hotplug events does not overrun the socket.
 const RCVBUF: usize = 1 << 20;
+/// Larger than any datagram the kernel sends (dump skbs are at most 32 KiB).
+const DATAGRAM: usize = 64 * 1024;
+/// How often [`dump_links`] restarts a dump that links changed under.
+const DUMP_ATTEMPTS: usize = 3;
 
 /// What happened to a network device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +49,9 @@ pub struct LinkState {
     pub ifindex: u32,
     pub ifname: Option<String>,
     pub mac: Option<[u8; 6]>,
+    /// `IFLA_PERM_ADDRESS`: the burnt-in MAC, which the kernel's failover
+    /// pairing compares. `None` when the device has none (a veth).
+    pub perm_mac: Option<[u8; 6]>,
     /// Administratively up (`IFF_UP`).
     pub up: bool,
     /// Has carrier (`IFF_LOWER_UP`).
@@ -64,7 +75,7 @@ impl LinkMonitor {
         socket.set_rx_buf_sz(RCVBUF)?;
         Ok(LinkMonitor {
             socket,
-            buf: vec![0; 64 * 1024],
+            buf: vec![0; DATAGRAM],
         })
     }
 
@@ -99,24 +110,105 @@ impl LinkMonitor {
     }
 }
 
-/// Parse one netlink datagram (several messages back to back). Garbage
-/// ends the datagram: the kernel wrote it, so a decode error means a format
-/// we do not know, not an attack; what was parsed before it still counts.
-pub fn parse_datagram(mut data: &[u8], on_event: &mut impl FnMut(LinkEvent)) {
-    while !data.is_empty() {
-        let Ok(message) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(data) else {
-            return;
-        };
-        let len = message.header.length as usize;
-        if len == 0 || len > data.len() {
-            return;
+/// Every link in the calling thread's network namespace, from an
+/// `RTM_GETLINK` dump.
+///
+/// The dump runs on a socket of its own: on the monitor's socket its replies
+/// would interleave with notifications. Open the [`LinkMonitor`] first and
+/// dump second, so that no change falls between the two; a notification
+/// queued before the dump then repeats what the dump already says.
+pub fn dump_links() -> io::Result<Vec<LinkState>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut buf = vec![0; DATAGRAM];
+    let mut links = Vec::new();
+    for attempt in 1..=DUMP_ATTEMPTS {
+        links.clear();
+        let sequence = u32::try_from(attempt).unwrap_or(u32::MAX);
+        let complete = dump_once(&socket, sequence, &mut buf, &mut links)?;
+        // A dump that links changed under may miss or repeat a device; a
+        // second one usually runs clean, and a busy system gets the last.
+        if complete {
+            break;
         }
+    }
+    Ok(links)
+}
+
+/// One dump; false when the kernel flagged it as interrupted by changes.
+fn dump_once(
+    socket: &Socket,
+    sequence: u32,
+    buf: &mut [u8],
+    links: &mut Vec<LinkState>,
+) -> io::Result<bool> {
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetLink(LinkMessage::default()));
+    request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    request.header.sequence_number = sequence;
+    request.finalize();
+    let mut out = vec![0; request.buffer_len()];
+    request.serialize(&mut out);
+    socket.send(&out, 0)?;
+
+    let mut complete = true;
+    loop {
+        let n = socket.recv(&mut &mut buf[..], 0)?;
+        let mut done = false;
+        let mut error = None;
+        for message in messages(&buf[..n]) {
+            if message.header.sequence_number != sequence {
+                continue; // the tail of an earlier, abandoned dump
+            }
+            complete &= message.header.flags & NLM_F_DUMP_INTR == 0;
+            match message.payload {
+                NetlinkPayload::Done(_) => done = true,
+                NetlinkPayload::Error(e) => {
+                    error = e.code.map(|code| io::Error::from_raw_os_error(-code.get()));
+                    done = true;
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                    links.push(link_state(&m));
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if done {
+            return Ok(complete);
+        }
+    }
+}
+
+/// Parse one netlink datagram (several messages back to back) into link
+/// events.
+pub fn parse_datagram(data: &[u8], on_event: &mut impl FnMut(LinkEvent)) {
+    for message in messages(data) {
         if let Some(event) = link_event(message.payload) {
             on_event(event);
         }
+    }
+}
+
+/// The messages of one datagram. Garbage ends the datagram: the kernel
+/// wrote it, so a decode error means a format we do not know, not an
+/// attack; what was parsed before it still counts.
+fn messages(mut data: &[u8]) -> impl Iterator<Item = NetlinkMessage<RouteNetlinkMessage>> + '_ {
+    std::iter::from_fn(move || {
+        if data.is_empty() {
+            return None;
+        }
+        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(data).ok()?;
+        let len = message.header.length as usize;
+        if len == 0 || len > data.len() {
+            return None;
+        }
         // Messages are 4-byte aligned.
         data = &data[len.next_multiple_of(4).min(data.len())..];
-    }
+        Some(message)
+    })
 }
 
 fn link_event(payload: NetlinkPayload<RouteNetlinkMessage>) -> Option<LinkEvent> {
@@ -138,6 +230,7 @@ fn link_state(message: &LinkMessage) -> LinkState {
         ifindex: message.header.index,
         ifname: None,
         mac: None,
+        perm_mac: None,
         up: flags.contains(LinkFlags::Up),
         carrier: flags.contains(LinkFlags::LowerUp),
         notify_peers: false,
@@ -146,9 +239,89 @@ fn link_state(message: &LinkMessage) -> LinkState {
         match attribute {
             LinkAttribute::IfName(name) => state.ifname = Some(name.clone()),
             LinkAttribute::Address(mac) => state.mac = mac.as_slice().try_into().ok(),
+            // The kernel omits an all-zero permanent address; be as strict.
+            LinkAttribute::PermAddress(mac) => {
+                state.perm_mac = mac
+                    .as_slice()
+                    .try_into()
+                    .ok()
+                    .filter(|mac: &[u8; 6]| mac != &[0; 6]);
+            }
             LinkAttribute::Event(KernelEvent::NotifyPeers) => state.notify_peers = true,
             _ => {}
         }
     }
     state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::link::LinkHeader;
+
+    fn new_link(attributes: Vec<LinkAttribute>) -> Vec<u8> {
+        let mut link = LinkMessage::default();
+        link.header = LinkHeader {
+            index: 7,
+            flags: LinkFlags::Up | LinkFlags::LowerUp,
+            ..LinkHeader::default()
+        };
+        link.attributes = attributes;
+        let mut message = NetlinkMessage::from(RouteNetlinkMessage::NewLink(link));
+        message.finalize();
+        let mut buf = vec![0; message.buffer_len()];
+        message.serialize(&mut buf);
+        buf
+    }
+
+    fn parse(data: &[u8]) -> Vec<LinkEvent> {
+        let mut events = Vec::new();
+        parse_datagram(data, &mut |e| events.push(e));
+        events
+    }
+
+    #[test]
+    fn new_link_carries_permanent_address() {
+        let data = new_link(vec![
+            LinkAttribute::IfName("ens4".into()),
+            LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]),
+            LinkAttribute::PermAddress(vec![2, 0, 0, 0, 0, 2]),
+        ]);
+        let [LinkEvent::Changed(state)] = &parse(&data)[..] else {
+            panic!("one Changed expected");
+        };
+        assert_eq!(state.ifindex, 7);
+        assert_eq!(state.ifname.as_deref(), Some("ens4"));
+        assert_eq!(state.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(state.perm_mac, Some([2, 0, 0, 0, 0, 2]));
+        assert!(state.up && state.carrier && !state.notify_peers);
+    }
+
+    #[test]
+    fn zero_or_odd_permanent_address_is_none() {
+        for perm in [vec![0; 6], vec![1, 2, 3]] {
+            let data = new_link(vec![LinkAttribute::PermAddress(perm)]);
+            let [LinkEvent::Changed(state)] = &parse(&data)[..] else {
+                panic!("one Changed expected");
+            };
+            assert_eq!(state.perm_mac, None);
+        }
+    }
+
+    #[test]
+    fn garbage_after_a_message_keeps_the_message() {
+        let mut data = new_link(vec![LinkAttribute::Event(KernelEvent::NotifyPeers)]);
+        data.extend_from_slice(&[0xff; 7]);
+        let events = parse(&data);
+        assert!(matches!(&events[..], [LinkEvent::Changed(s)] if s.notify_peers));
+    }
+
+    #[test]
+    fn dump_lists_loopback() {
+        // Any namespace has `lo` at ifindex 1, and a dump needs no privilege.
+        let links = dump_links().expect("dump");
+        let lo = links.iter().find(|l| l.ifindex == 1).expect("lo in dump");
+        assert_eq!(lo.ifname.as_deref(), Some("lo"));
+        assert!(lo.up);
+    }
 }

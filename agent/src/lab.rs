@@ -239,6 +239,7 @@ impl Lab {
         };
         // On error `lab` is dropped here, which deletes the namespaces made so far.
         lab.build(ageing_cs)
+            .and_then(|()| lab.settle())
             .with_context(|| format!("building the lab {}", lab.prefix))?;
         Ok(lab)
     }
@@ -376,7 +377,8 @@ impl Lab {
         // Moving a link out of a namespace takes it down and out of its bridge.
         self.bridge_port(to, STANDBY_FAR)?;
         st.standby = to;
-        Ok(())
+        drop(st);
+        self.settle()
     }
 
     /// Plugs a new primary: `vf0` with the same MAC and the guest kernel address, far end
@@ -393,7 +395,35 @@ impl Lab {
             return Err(e);
         }
         st.primary = Some(host);
-        Ok(())
+        drop(st);
+        self.settle()
+    }
+
+    /// Wait (at most 3 s) until every link of the lab is operationally up.
+    /// The kernel's linkwatch marks a link running up to a second after its
+    /// carrier came; until then its qdisc drops what it is given, so a
+    /// frame sent through a fresh bridge port could vanish.
+    fn settle(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let mut waiting = Vec::new();
+            for ns in Ns::ALL {
+                let links = self.ip(ns, &["-o", "link", "show"])?;
+                waiting.extend(
+                    links
+                        .lines()
+                        .filter(|l| !l.contains(": lo:") && !l.contains(" state UP "))
+                        .filter_map(|l| l.split(": ").nth(1).map(|name| format!("{ns}:{name}"))),
+                );
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("links not up after 3 s: {}", waiting.join(", "));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The host holding the primary's far end, `None` while it is unplugged.

@@ -1,7 +1,13 @@
 //! The vfailover agent: the daemon's pieces, the namespace lab and the
 //! scripted failover run over it.
 
+pub mod capture;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod discovery;
 pub mod lab;
+pub mod migration;
 pub mod pairing;
 pub mod scenario;
+pub mod status;

@@ -1,9 +1,14 @@
 //! `vfailover`: the guest agent's command line.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use vfailover::config::{DEFAULT_PATH, DEFAULT_SOCKET};
+use vfailover::control::{self, Request, Response};
 use vfailover::lab::{Lab, LabOptions, Ns, GUEST_KERNEL_V4, STACK_V4};
 use vfailover::scenario::{self, GuestStack, Report, StandbyKind};
 use vfailover_netstack::stats::Stats;
@@ -18,8 +23,44 @@ struct Cli {
     command: Command,
 }
 
+/// How long a client waits for the daemon.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent (in the foreground; systemd Type=notify). SIGTERM or
+    /// SIGINT stop it cleanly, SIGHUP reloads the config.
+    Run {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Show each pair: path, links, counters, switches, migrations.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Print metrics in the Prometheus text format.
+    Metrics {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Announce the stack's addresses now (gratuitous ARP, unsolicited NA),
+    /// on QEMU's schedule. Needs root.
+    Announce {
+        /// The pair; all pairs when absent.
+        pair: Option<String>,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Reload the config file (like SIGHUP), reporting whether it was
+    /// accepted. Needs root.
+    Reload {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Build a namespace lab (as root), run a TCP stream through unplug →
     /// migrate → replug and print what happened. Touches nothing outside
     /// the namespaces it creates, and removes them when done.
@@ -39,16 +80,85 @@ enum Standby {
     Packet,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain, one cause per line, and no backtrace: this is
+            // for an operator, not a developer.
+            eprintln!("vfailover: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    // The daemon logs what it does; the clients only what goes wrong.
+    let level = if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match Cli::parse().command {
+    match cli.command {
+        Command::Run { config } => vfailover::daemon::run(&config, || {
+            // Outside systemd there is no NOTIFY_SOCKET: nothing to tell.
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                tracing::warn!("cannot tell systemd we are ready: {e}");
+            }
+        }),
+        Command::Status { json, socket } => match ask(&socket, Request::Status)? {
+            Response::Status(status) if json => {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                Ok(())
+            }
+            Response::Status(status) => {
+                print!("{}", vfailover::status::render_table(&status));
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Command::Metrics { socket } => match ask(&socket, Request::Metrics)? {
+            Response::Metrics(text) => {
+                print!("{text}");
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Command::Announce { pair, socket } => match ask(&socket, Request::Announce { pair })? {
+            Response::Announced(pairs) => {
+                println!("announcing on: {}", pairs.join(", "));
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Command::Reload { socket } => match ask(&socket, Request::Reload)? {
+            Response::Reloaded => {
+                println!("configuration reloaded");
+                Ok(())
+            }
+            other => unexpected(other),
+        },
         Command::Lab { bytes, standby } => lab(bytes, standby),
     }
+}
+
+/// Send `request` to the daemon; its error answer becomes our error.
+fn ask(socket: &std::path::Path, request: Request) -> Result<Response> {
+    match control::request(socket, &request, CLIENT_TIMEOUT)? {
+        Response::Error(message) => bail!("{message}"),
+        response => Ok(response),
+    }
+}
+
+fn unexpected(response: Response) -> Result<()> {
+    bail!("unexpected answer from the daemon: {response:?}")
 }
 
 fn lab(bytes: u64, standby: Standby) -> Result<()> {

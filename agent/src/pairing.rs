@@ -227,6 +227,10 @@ struct Pair {
     flaps: Vec<Instant>,
     /// A primary was removed since the last attach.
     replug: bool,
+    /// The last primary detached because it went down, and when: if it is
+    /// then removed, that was an unplug (a device goes down before it
+    /// unregisters), not a flap.
+    downed: Option<(u32, Instant)>,
     refused: BTreeMap<u32, (Member, String)>,
 }
 
@@ -240,6 +244,7 @@ impl Pair {
             pending: None,
             flaps: Vec::new(),
             replug: false,
+            downed: None,
             refused: BTreeMap::new(),
         }
     }
@@ -347,6 +352,13 @@ impl Pair {
         others: &Others,
         actions: &mut Vec<Action>,
     ) {
+        if let Some((ifindex, at)) = self.downed {
+            if !devices.contains_key(&ifindex) {
+                self.downed = None;
+                self.flaps.retain(|t| *t != at);
+                self.replug = true;
+            }
+        }
         let Some(primary) = &self.primary else { return };
         let reason = match devices.get(&primary.ifindex) {
             None => DetachReason::Removed,
@@ -354,9 +366,10 @@ impl Pair {
             Some(dev) if !(dev.up && dev.carrier) => DetachReason::Down,
             Some(_) => return,
         };
+        let ifindex = primary.ifindex;
         actions.push(Action::DetachPrimary {
             pair: self.spec.name.clone(),
-            ifindex: primary.ifindex,
+            ifindex,
             reason,
         });
         self.primary = None;
@@ -364,7 +377,10 @@ impl Pair {
             // An unplug is how a migration starts, not a flap: penalising it
             // would delay every failback after a migration.
             DetachReason::Removed => self.replug = true,
-            DetachReason::Down => self.flaps.push(now),
+            DetachReason::Down => {
+                self.flaps.push(now);
+                self.downed = Some((ifindex, now));
+            }
             DetachReason::Refused => {}
         }
     }
@@ -409,6 +425,7 @@ impl Pair {
             return;
         };
         self.primary = Some(pending.member);
+        self.downed = None;
         actions.push(Action::AttachPrimary {
             pair: self.spec.name.clone(),
             dev: dev.clone(),
@@ -722,6 +739,24 @@ mod tests {
         assert!(w.at(300).is_empty());
         assert!(w.at(499).is_empty());
         assert_eq!(attached(&w.at(500)), [(4, false)]);
+    }
+
+    #[test]
+    fn unplug_seen_as_down_then_removed_is_a_replug_not_a_flap() {
+        let mut w = World::new(vec![auto("p0")]);
+        w.add(standby(3, "ens3", M1));
+        w.add(vf(4, "ens4", M1));
+        w.at(0);
+        assert_eq!(attached(&w.at(200)), [(4, false)]);
+        // The kernel takes a device down before it unregisters it.
+        w.running(4, false);
+        assert_eq!(detached(&w.at(1000)), [(4, DetachReason::Down)]);
+        w.remove(4);
+        w.at(1001);
+        w.add(vf(5, "ens4", M1));
+        w.at(2000);
+        // No flap penalty: the plain settle time, and a migration signal.
+        assert_eq!(attached(&w.at(2200)), [(5, true)]);
     }
 
     #[test]

@@ -54,7 +54,10 @@ pub struct LinkState {
     pub perm_mac: Option<[u8; 6]>,
     /// Administratively up (`IFF_UP`).
     pub up: bool,
-    /// Has carrier (`IFF_LOWER_UP`).
+    /// Has carrier and is running: `IFF_LOWER_UP` and `IFF_RUNNING`. The
+    /// kernel sets RUNNING (operstate UP) only once linkwatch has finished
+    /// bringing the link up, up to a second after the carrier came; until
+    /// then what is sent through its qdisc is dropped.
     pub carrier: bool,
     /// The message carried `IFLA_EVENT_NOTIFY_PEERS`.
     pub notify_peers: bool,
@@ -232,7 +235,7 @@ fn link_state(message: &LinkMessage) -> LinkState {
         mac: None,
         perm_mac: None,
         up: flags.contains(LinkFlags::Up),
-        carrier: flags.contains(LinkFlags::LowerUp),
+        carrier: flags.contains(LinkFlags::LowerUp) && flags.contains(LinkFlags::Running),
         notify_peers: false,
     };
     for attribute in &message.attributes {

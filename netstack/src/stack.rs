@@ -402,9 +402,10 @@ impl Stack {
                 let Ok((len, meta)) = socket.recv_slice(&mut self.scratch) else {
                     break;
                 };
-                // A full TX buffer drops the reply: UDP's contract, counted
-                // by the client as loss.
-                let _ = socket.send_slice(&self.scratch[..len], meta.endpoint);
+                // Answer from the address that was asked (a socket bound to
+                // a port only would pick the first address of the subnet).
+                // A full TX buffer drops the reply: UDP's contract.
+                let _ = socket.send_slice(&self.scratch[..len], meta);
                 moved = true;
             }
         }

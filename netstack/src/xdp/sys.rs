@@ -50,10 +50,12 @@ fn ifreq(ifname: &str) -> io::Result<libc::ifreq> {
     Ok(req)
 }
 
-/// A datagram socket to issue interface ioctls on, in this thread's netns.
+/// A socket to issue interface ioctls on, in this thread's netns. AF_UNIX:
+/// any family serves for SIOCGIFMTU/SIOCETHTOOL, and the systemd unit does
+/// not allow the agent kernel IP sockets.
 fn ioctl_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the result is checked before it is owned.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

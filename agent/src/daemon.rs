@@ -1,0 +1,737 @@
+//! `vfailover run`: the daemon.
+//!
+//! One main thread owns the control plane: discovery (rtnetlink + udev),
+//! pairing, migration signals and announce schedules, the control socket
+//! and signals. Each pair has its own datapath thread (netstack's
+//! [`DatapathHandle`]) that it drives with commands; links are opened on
+//! short-lived threads (binding an XSK can wait for the kernel) and handed
+//! back to the main loop, which attaches them only if the device is still
+//! the pair's.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use vfailover_netstack::datapath::{Command, DatapathHandle, DatapathOptions};
+use vfailover_netstack::link::packet::PacketLink;
+use vfailover_netstack::link::xdp::{XdpConfig, XdpLink, XdpModeRequest};
+use vfailover_netstack::link::Link;
+use vfailover_netstack::stack::{Buffers, Stack, StackConfig};
+use vfailover_netstack::stats::{Path as DataPath, PathCounters};
+
+use crate::config::{Config, PairConfig, PrimaryMode, StandbyMode};
+use crate::control::{ControlCall, ControlServer, Request, Response};
+use crate::discovery::{Discovery, DiscoveryEvent, NetDev};
+use crate::migration::{AnnounceSchedule, ClockWatch, Signal};
+use crate::pairing::{Action, Hold, PairSpec, Pairing};
+use crate::status::{LinkStatus, MigrationStatus, PairStatus, RefusedDevice, Status, SwitchStatus};
+
+/// How long the main loop sleeps at most: it re-checks the wall clock
+/// against the monotonic one this often (a paused VM shows as a jump).
+const CLOCK_CHECK: Duration = Duration::from_secs(5);
+
+/// Run the daemon until SIGTERM/SIGINT. `ready` is called once it serves.
+pub fn run(config_path: &Path, ready: impl FnOnce()) -> Result<()> {
+    let config = Config::from_file(config_path)?;
+    let mut daemon = Daemon::start(config_path.to_owned(), config)?;
+    ready();
+    tracing::info!(config = %config_path.display(), "vfailover serving");
+    daemon.serve()
+}
+
+/// Which link of a pair a freshly opened link is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Primary,
+    Standby,
+}
+
+/// A link opened on a helper thread, on its way to the main loop.
+struct Opened {
+    pair: String,
+    role: Role,
+    ifindex: u32,
+    result: Result<Box<dyn Link>, String>,
+}
+
+/// The daemon's view of one pair.
+struct PairRuntime {
+    config: PairConfig,
+    datapath: DatapathHandle,
+    mac: Option<[u8; 6]>,
+    standby: Option<NetDev>,
+    /// The paired primary (being opened, or attached).
+    primary: Option<NetDev>,
+    /// Why the fast path is not in use, when opening the primary failed.
+    fast_path_error: Option<String>,
+    migrations: u64,
+    last_migration: Option<(SystemTime, Signal)>,
+    schedule: Option<AnnounceSchedule>,
+    announce_frames: u64,
+}
+
+struct Daemon {
+    config_path: PathBuf,
+    config: Config,
+    started: Instant,
+    discovery: Discovery,
+    pairing: Pairing,
+    pairs: BTreeMap<String, PairRuntime>,
+    refused: BTreeMap<u32, RefusedDevice>,
+    control: Option<ControlServer>,
+    calls: Receiver<ControlCall>,
+    opened_tx: Sender<Opened>,
+    opened: Receiver<Opened>,
+    waker: Arc<EventFd>,
+    signals: UnixStream,
+    terminate: Arc<std::sync::atomic::AtomicBool>,
+    reload: Arc<std::sync::atomic::AtomicBool>,
+    clock: ClockWatch,
+}
+
+impl Daemon {
+    fn start(config_path: PathBuf, config: Config) -> Result<Daemon> {
+        let waker = Arc::new(
+            EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .context("creating the main loop's eventfd")?,
+        );
+        let (signals, terminate, reload) = register_signals()?;
+        let discovery = Discovery::open(config.sysfs_root.clone())
+            .context("starting device discovery (rtnetlink, udev)")?;
+        let pairing = Pairing::new(pair_specs(&config), hold(&config));
+        let mut pairs = BTreeMap::new();
+        for pair in &config.pairs {
+            pairs.insert(pair.name.clone(), PairRuntime::start(pair)?);
+        }
+        let (calls_tx, calls) = mpsc::channel();
+        let control_waker = waker.clone();
+        let control = ControlServer::start(
+            &config.control.socket,
+            config.control.group.as_deref(),
+            calls_tx,
+            move || {
+                let _ = control_waker.write(1);
+            },
+        )
+        .with_context(|| {
+            format!(
+                "starting the control socket {}",
+                config.control.socket.display()
+            )
+        })?;
+        let (opened_tx, opened) = mpsc::channel();
+        let mut daemon = Daemon {
+            config_path,
+            config,
+            started: Instant::now(),
+            discovery,
+            pairing,
+            pairs,
+            refused: BTreeMap::new(),
+            control: Some(control),
+            calls,
+            opened_tx,
+            opened,
+            waker,
+            signals,
+            terminate,
+            reload,
+            clock: ClockWatch::new(),
+        };
+        daemon.update_pairing();
+        Ok(daemon)
+    }
+
+    fn serve(&mut self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        loop {
+            self.wait()?;
+            if self.terminate.swap(false, Ordering::Relaxed) {
+                tracing::info!("terminating");
+                return Ok(());
+            }
+            if self.reload.swap(false, Ordering::Relaxed) {
+                if let Err(e) = self.reload_config() {
+                    tracing::error!("reload refused, keeping the running config: {e:#}");
+                }
+            }
+            let _ = self.waker.read();
+            self.drain_signal_pipe();
+            for event in self.discovery.process() {
+                self.on_discovery(event);
+            }
+            self.update_pairing();
+            while let Ok(opened) = self.opened.try_recv() {
+                self.on_opened(opened);
+            }
+            while let Ok(call) = self.calls.try_recv() {
+                let response = self.on_request(call.request);
+                let _ = call.reply.send(response);
+            }
+            if let Some(jump) = self.clock.check() {
+                self.signal_all(Signal::ClockJump(jump));
+            }
+            self.run_schedules();
+        }
+    }
+
+    /// Sleep until a file descriptor is ready or the next deadline.
+    fn wait(&self) -> Result<()> {
+        let now = Instant::now();
+        let deadline = self
+            .pairs
+            .values()
+            .filter_map(|p| p.schedule.as_ref().and_then(AnnounceSchedule::due))
+            .chain(self.pairing.next_deadline())
+            .min();
+        let timeout = deadline
+            .map(|d| d.saturating_duration_since(now))
+            .unwrap_or(CLOCK_CHECK)
+            .min(CLOCK_CHECK);
+        let mut fds: Vec<RawFd> = self.discovery.fds();
+        fds.push(self.waker.as_fd().as_raw_fd());
+        fds.push(self.signals.as_raw_fd());
+        let mut polls: Vec<PollFd> = fds
+            .iter()
+            // SAFETY: the fds belong to objects `self` owns, alive for this call.
+            .map(|&fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::POLLIN))
+            .collect();
+        let ms = timeout.as_micros().div_ceil(1000).min(u16::MAX as u128) as u16;
+        match nix::poll::poll(&mut polls, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+            Err(e) => Err(e).context("poll in the main loop"),
+        }
+    }
+
+    fn drain_signal_pipe(&self) {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        while matches!((&self.signals).read(&mut buf), Ok(n) if n > 0) {}
+    }
+
+    fn on_discovery(&mut self, event: DiscoveryEvent) {
+        if let DiscoveryEvent::NotifyPeers { ifindex } = event {
+            let pair = self.pairs.iter().find(|(_, p)| {
+                p.standby.as_ref().is_some_and(|s| {
+                    s.ifindex == ifindex || s.master.as_deref() == self.ifname(ifindex).as_deref()
+                })
+            });
+            if let Some((name, _)) = pair {
+                let name = name.clone();
+                self.signal(&name, Signal::NotifyPeers);
+            }
+        }
+    }
+
+    fn ifname(&self, ifindex: u32) -> Option<String> {
+        self.discovery
+            .devices()
+            .get(&ifindex)
+            .map(|d| d.ifname.clone())
+    }
+
+    fn update_pairing(&mut self) {
+        let actions = self
+            .pairing
+            .update(self.discovery.devices(), Instant::now());
+        for action in actions {
+            self.on_action(action);
+        }
+    }
+
+    fn on_action(&mut self, action: Action) {
+        match action {
+            Action::StandbyFound { pair, dev } => {
+                tracing::info!(%pair, ifname = %dev.ifname, "standby found");
+                let Some(p) = self.pairs.get_mut(&pair) else {
+                    return;
+                };
+                let mac = dev.key_mac();
+                p.mac = Some(mac);
+                let _ = p.datapath.call(move |s| s.set_mac(mac));
+                p.standby = Some(dev.clone());
+                self.open_link(&pair, Role::Standby, dev);
+            }
+            Action::StandbyLost { pair, ifindex } => {
+                tracing::warn!(%pair, ifindex, "standby lost: path none, sockets kept");
+                if let Some(p) = self.pairs.get_mut(&pair) {
+                    p.standby = None;
+                    let _ = p.datapath.send(Command::DetachStandby);
+                }
+            }
+            Action::AttachPrimary { pair, dev, replug } => {
+                tracing::info!(%pair, ifname = %dev.ifname, replug, "primary found");
+                let Some(p) = self.pairs.get_mut(&pair) else {
+                    return;
+                };
+                p.primary = Some(dev.clone());
+                self.refused.remove(&dev.ifindex);
+                self.open_link(&pair, Role::Primary, dev);
+                if replug {
+                    self.signal(&pair, Signal::PrimaryReplugged);
+                }
+            }
+            Action::DetachPrimary {
+                pair,
+                ifindex,
+                reason,
+            } => {
+                tracing::info!(%pair, ifindex, ?reason, "primary detached");
+                if let Some(p) = self.pairs.get_mut(&pair) {
+                    p.primary = None;
+                    let _ = p.datapath.send(Command::DetachPrimary);
+                }
+            }
+            Action::Refused { dev, reason } => {
+                tracing::warn!(ifname = %dev.ifname, %reason, "device refused");
+                self.refused.insert(
+                    dev.ifindex,
+                    RefusedDevice {
+                        ifname: dev.ifname.clone(),
+                        ifindex: dev.ifindex,
+                        mac: format_mac(dev.mac),
+                        reason,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Open a link for `pair` on a helper thread; the result comes back
+    /// through `opened` and the waker.
+    fn open_link(&self, pair: &str, role: Role, dev: NetDev) {
+        let Some(p) = self.pairs.get(pair) else {
+            return;
+        };
+        let addresses: Vec<IpAddr> = p
+            .config
+            .addresses
+            .iter()
+            .map(|c| c.address().into())
+            .collect();
+        let (primary_mode, standby_mode) = (p.config.primary_mode, p.config.standby_mode);
+        let (tx, waker, pair) = (self.opened_tx.clone(), self.waker.clone(), pair.to_owned());
+        let spawned = std::thread::Builder::new()
+            .name(format!("open-{}", dev.ifname))
+            .spawn(move || {
+                let result = match role {
+                    Role::Primary => open_xdp(&dev.ifname, &addresses, xdp_mode(primary_mode)),
+                    Role::Standby => open_standby(&dev.ifname, &addresses, standby_mode),
+                };
+                let _ = tx.send(Opened {
+                    pair,
+                    role,
+                    ifindex: dev.ifindex,
+                    result,
+                });
+                let _ = waker.write(1);
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a thread to open a link: {e}");
+        }
+    }
+
+    fn on_opened(&mut self, opened: Opened) {
+        let Some(p) = self.pairs.get_mut(&opened.pair) else {
+            return;
+        };
+        let current = match opened.role {
+            Role::Primary => p.primary.as_ref(),
+            Role::Standby => p.standby.as_ref(),
+        };
+        if current.map(|d| d.ifindex) != Some(opened.ifindex) {
+            // The device left the pair while its link was being opened.
+            return;
+        }
+        match (opened.role, opened.result) {
+            (Role::Primary, Ok(link)) => {
+                tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "fast path up");
+                p.fast_path_error = None;
+                let _ = p.datapath.send(Command::AttachPrimary(link));
+            }
+            (Role::Standby, Ok(link)) => {
+                tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "standby up");
+                let _ = p.datapath.send(Command::AttachStandby(link));
+            }
+            (Role::Primary, Err(e)) => {
+                tracing::error!(pair = %opened.pair, "cannot take the fast path, staying on the standby: {e}");
+                p.fast_path_error = Some(e);
+            }
+            (Role::Standby, Err(e)) => {
+                tracing::error!(pair = %opened.pair, "cannot open the standby: {e}");
+            }
+        }
+    }
+
+    fn signal_all(&mut self, signal: Signal) {
+        let names: Vec<String> = self.pairs.keys().cloned().collect();
+        for name in names {
+            self.signal(&name, signal);
+        }
+    }
+
+    /// A migration signal for `pair`: count it, and start announcing if the
+    /// policy says so. The first round goes out at once.
+    fn signal(&mut self, pair: &str, signal: Signal) {
+        let timing = self.config.announce;
+        let Some(p) = self.pairs.get_mut(pair) else {
+            return;
+        };
+        if signal != Signal::Manual {
+            p.migrations += 1;
+            p.last_migration = Some((SystemTime::now(), signal));
+        }
+        let guest_announce = p.standby.as_ref().and_then(|s| s.guest_announce);
+        if p.config.announce.announces(signal, guest_announce) {
+            tracing::info!(%pair, %signal, ?guest_announce, "announcing");
+            p.schedule = Some(AnnounceSchedule::start(timing, Instant::now()));
+            // Peers and the gateway may have moved too: resolve them again.
+            let _ = p.datapath.call(Stack::refresh_neighbors);
+        } else {
+            tracing::info!(%pair, %signal, ?guest_announce, policy = p.config.announce.as_str(), "not announcing");
+        }
+        self.run_schedules();
+    }
+
+    fn run_schedules(&mut self) {
+        let now = Instant::now();
+        for p in self.pairs.values_mut() {
+            let Some(schedule) = p.schedule.as_mut() else {
+                continue;
+            };
+            if schedule.fire(now) {
+                let rarp = p.config.announce_rarp;
+                p.announce_frames += p.datapath.call(move |s| s.announce(rarp)).unwrap_or(0) as u64;
+            }
+            if schedule.due().is_none() {
+                p.schedule = None;
+            }
+        }
+    }
+
+    fn on_request(&mut self, request: Request) -> Response {
+        match request {
+            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Metrics => Response::Metrics(crate::status::render_prometheus(&self.status())),
+            Request::Announce { pair } => {
+                let names: Vec<String> = match pair {
+                    Some(name) if self.pairs.contains_key(&name) => vec![name],
+                    Some(name) => return Response::Error(format!("no pair named {name:?}")),
+                    None => self.pairs.keys().cloned().collect(),
+                };
+                for name in &names {
+                    self.signal(name, Signal::Manual);
+                }
+                Response::Announced(names)
+            }
+            Request::Reload => match self.reload_config() {
+                Ok(()) => Response::Reloaded,
+                Err(e) => Response::Error(format!("reload refused, running config kept: {e:#}")),
+            },
+        }
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            pairs: self.pairs.iter().map(|(name, p)| p.status(name)).collect(),
+            refused: self.refused.values().cloned().collect(),
+        }
+    }
+
+    /// Re-read the config file; apply it only if it is valid.
+    fn reload_config(&mut self) -> Result<()> {
+        let config = Config::from_file(&self.config_path)?;
+        if config.control != self.config.control || config.sysfs_root != self.config.sysfs_root {
+            anyhow::bail!("[control] and sysfs_root cannot change on reload; restart the daemon");
+        }
+        let old: Vec<String> = self.pairs.keys().cloned().collect();
+        for name in old {
+            if !config.pairs.iter().any(|p| p.name == name) {
+                tracing::info!(pair = %name, "pair removed by reload");
+                self.pairs.remove(&name);
+            }
+        }
+        for pair in &config.pairs {
+            match self.pairs.get_mut(&pair.name) {
+                Some(p) => p.reconfigure(pair)?,
+                None => {
+                    self.pairs
+                        .insert(pair.name.clone(), PairRuntime::start(pair)?);
+                }
+            }
+        }
+        self.pairing = Pairing::new(pair_specs(&config), hold(&config));
+        for p in self.pairs.values_mut() {
+            // Pairing starts afresh and finds the devices again.
+            p.standby = None;
+            p.primary = None;
+        }
+        self.config = config;
+        tracing::info!("configuration reloaded");
+        self.update_pairing();
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Datapaths stop first (their links detach the XDP programs), then
+        // the control socket goes away.
+        self.pairs.clear();
+        if let Some(control) = self.control.take() {
+            control.stop();
+        }
+    }
+}
+
+impl PairRuntime {
+    fn start(config: &PairConfig) -> Result<PairRuntime> {
+        let stack = Stack::new(&stack_config(config, [0; 6]), None, None)
+            .with_context(|| format!("pair {}: building the stack", config.name))?;
+        let datapath = DatapathHandle::spawn(stack, DatapathOptions::default(), None)
+            .with_context(|| format!("pair {}: starting the datapath", config.name))?;
+        Ok(PairRuntime {
+            config: config.clone(),
+            datapath,
+            mac: None,
+            standby: None,
+            primary: None,
+            fast_path_error: None,
+            migrations: 0,
+            last_migration: None,
+            schedule: None,
+            announce_frames: 0,
+        })
+    }
+
+    /// Apply a reloaded config: addresses, gateways and services change in
+    /// place, so connections on addresses that stay survive.
+    fn reconfigure(&mut self, config: &PairConfig) -> Result<()> {
+        let new = stack_config(config, self.mac.unwrap_or([0; 6]));
+        let old_services: Vec<_> = self.config.services.clone();
+        let result = self.datapath.call(move |s| -> Result<(), String> {
+            s.set_addresses(&new.addresses, new.gateway_v4, new.gateway_v6)
+                .map_err(|e| e.to_string())?;
+            for service in old_services.iter().filter(|o| !new.services.contains(o)) {
+                s.remove_service(*service);
+            }
+            for service in new.services.iter().filter(|n| !old_services.contains(n)) {
+                s.add_service(*service).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })?;
+        result.map_err(|e| anyhow::anyhow!("pair {}: {e}", config.name))?;
+        self.config = config.clone();
+        Ok(())
+    }
+
+    fn status(&self, name: &str) -> PairStatus {
+        let snapshot = self.datapath.call(|s| {
+            let d = s.device();
+            let link = |l: Option<&dyn Link>| {
+                l.map(|l| {
+                    (
+                        l.ifname().to_owned(),
+                        l.ifindex(),
+                        l.mode().to_string(),
+                        format!("{:?}", l.health()).to_lowercase(),
+                    )
+                })
+            };
+            (
+                d.path(),
+                d.stats().clone(),
+                link(d.primary()),
+                link(d.standby()),
+                s.addresses()
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let mac = self.mac.map(format_mac).unwrap_or_default();
+        let Ok((path, stats, primary, standby, addresses)) = snapshot else {
+            return PairStatus {
+                name: name.to_owned(),
+                mac,
+                standby: None,
+                primary: None,
+                path: "none".into(),
+                degraded: true,
+                switches: 0,
+                last_switch: None,
+                guest_announce: None,
+                announce_policy: self.config.announce.as_str().to_owned(),
+                migrations_detected: self.migrations,
+                last_migration: None,
+                announces_sent: self.announce_frames,
+                addresses: Vec::new(),
+                tx_no_path: 0,
+            };
+        };
+        let link_status = |l: Option<(String, u32, String, String)>, c: &PathCounters| {
+            l.map(|(ifname, ifindex, mode, health)| LinkStatus {
+                ifname,
+                ifindex,
+                mac: mac.clone(),
+                mode,
+                health,
+                rx_packets: c.rx_packets,
+                rx_bytes: c.rx_bytes,
+                tx_packets: c.tx_packets,
+                tx_bytes: c.tx_bytes,
+                tx_dropped: c.tx_dropped,
+                rx_malformed: c.rx_malformed,
+            })
+        };
+        PairStatus {
+            name: name.to_owned(),
+            mac: mac.clone(),
+            standby: link_status(standby, &stats.standby),
+            primary: link_status(primary, &stats.primary),
+            path: path.to_string(),
+            degraded: path != DataPath::Primary || self.fast_path_error.is_some(),
+            switches: stats.switches,
+            last_switch: stats.last_switch.map(|s| SwitchStatus {
+                at_unix: unix_secs(s.at),
+                from: s.from.to_string(),
+                to: s.to.to_string(),
+                cause: format!("{:?}", s.cause),
+                first_tx_after_us: s.first_tx_after.map(|d| d.as_micros() as u64),
+            }),
+            guest_announce: self.standby.as_ref().and_then(|s| s.guest_announce),
+            announce_policy: self.config.announce.as_str().to_owned(),
+            migrations_detected: self.migrations,
+            last_migration: self.last_migration.map(|(at, signal)| MigrationStatus {
+                at_unix: unix_secs(at),
+                signal: signal.to_string(),
+            }),
+            announces_sent: self.announce_frames,
+            addresses,
+            tx_no_path: stats.tx_no_path,
+        }
+    }
+}
+
+fn stack_config(config: &PairConfig, mac: [u8; 6]) -> StackConfig {
+    StackConfig {
+        mac,
+        addresses: config.addresses.clone(),
+        gateway_v4: config.gateway,
+        gateway_v6: config.gateway6,
+        services: config.services.clone(),
+        mtu: config.mtu,
+        buffers: Buffers::default(),
+    }
+}
+
+fn pair_specs(config: &Config) -> Vec<PairSpec> {
+    config
+        .pairs
+        .iter()
+        .map(|p| PairSpec {
+            name: p.name.clone(),
+            standby: p.standby.clone(),
+            primary_mac: p.primary_mac,
+        })
+        .collect()
+}
+
+fn hold(config: &Config) -> Hold {
+    Hold {
+        settle: config.failback.hold,
+        flap_window: config.failback.flap_window,
+        max_hold: config.failback.max_hold,
+    }
+}
+
+fn xdp_mode(mode: PrimaryMode) -> XdpModeRequest {
+    match mode {
+        PrimaryMode::Auto => XdpModeRequest::Auto,
+        PrimaryMode::ZeroCopy => XdpModeRequest::ZeroCopy,
+        PrimaryMode::Driver => XdpModeRequest::Driver,
+        PrimaryMode::Generic => XdpModeRequest::Generic,
+    }
+}
+
+fn open_xdp(
+    ifname: &str,
+    addresses: &[IpAddr],
+    mode: XdpModeRequest,
+) -> Result<Box<dyn Link>, String> {
+    let config = XdpConfig {
+        ifname: ifname.to_owned(),
+        addresses: addresses.to_vec(),
+        mode,
+        ..XdpConfig::default()
+    };
+    XdpLink::open(&config)
+        .map(|l| Box::new(l) as Box<dyn Link>)
+        .map_err(|e| format!("AF_XDP on {ifname}: {e}"))
+}
+
+/// The standby: AF_XDP when it takes an XDP program (and `auto` or `xdp`),
+/// else AF_PACKET.
+fn open_standby(
+    ifname: &str,
+    addresses: &[IpAddr],
+    mode: StandbyMode,
+) -> Result<Box<dyn Link>, String> {
+    if mode != StandbyMode::Packet {
+        match open_xdp(ifname, addresses, XdpModeRequest::Auto) {
+            Ok(link) => return Ok(link),
+            Err(e) if mode == StandbyMode::Xdp => return Err(e),
+            Err(e) => tracing::info!("{e}; using AF_PACKET on the standby"),
+        }
+    }
+    PacketLink::open(ifname, addresses)
+        .map(|l| Box::new(l) as Box<dyn Link>)
+        .map_err(|e| format!("AF_PACKET on {ifname}: {e}"))
+}
+
+/// SIGTERM/SIGINT set `terminate`, SIGHUP `reload`; each also writes to a
+/// pipe the main loop polls, so it wakes at once.
+fn register_signals() -> Result<(
+    UnixStream,
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<std::sync::atomic::AtomicBool>,
+)> {
+    let (read, write) = UnixStream::pair().context("creating the signal pipe")?;
+    read.set_nonblocking(true)?;
+    write.set_nonblocking(true)?;
+    let terminate = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(signal, terminate.clone())?;
+    }
+    signal_hook::flag::register(SIGHUP, reload.clone())?;
+    for signal in [SIGTERM, SIGINT, SIGHUP] {
+        signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
+    }
+    Ok((read, terminate, reload))
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn unix_secs(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}

@@ -35,6 +35,10 @@ use crate::migration::{AnnounceSchedule, ClockWatch, Signal};
 use crate::pairing::{Action, Hold, PairSpec, Pairing};
 use crate::status::{LinkStatus, MigrationStatus, PairStatus, RefusedDevice, Status, SwitchStatus};
 
+/// Migration signals this close to the first one belong to the same
+/// migration.
+const MIGRATION_WINDOW: Duration = Duration::from_secs(10);
+
 /// How long the main loop sleeps at most: it re-checks the wall clock
 /// against the monotonic one this often (a paused VM shows as a jump).
 const CLOCK_CHECK: Duration = Duration::from_secs(5);
@@ -268,17 +272,18 @@ impl Daemon {
                     let _ = p.datapath.send(Command::DetachStandby);
                 }
             }
-            Action::AttachPrimary { pair, dev, replug } => {
-                tracing::info!(%pair, ifname = %dev.ifname, replug, "primary found");
+            Action::AttachPrimary { pair, dev } => {
+                tracing::info!(%pair, ifname = %dev.ifname, "primary found");
                 let Some(p) = self.pairs.get_mut(&pair) else {
                     return;
                 };
                 p.primary = Some(dev.clone());
                 self.refused.remove(&dev.ifindex);
                 self.open_link(&pair, Role::Primary, dev);
-                if replug {
-                    self.signal(&pair, Signal::PrimaryReplugged);
-                }
+            }
+            Action::PrimaryReturned { pair, ifindex } => {
+                tracing::info!(%pair, ifindex, "a primary is back after an unplug");
+                self.signal(&pair, Signal::PrimaryReplugged);
             }
             Action::DetachPrimary {
                 pair,
@@ -387,6 +392,16 @@ impl Daemon {
             return;
         };
         if signal != Signal::Manual {
+            // One migration raises several signals (QEMU repeats
+            // NOTIFY_PEERS each announce round; the primary returns later):
+            // count and act on the first only.
+            let recent = p
+                .last_migration
+                .is_some_and(|(at, _)| at.elapsed().is_ok_and(|age| age < MIGRATION_WINDOW));
+            if recent {
+                tracing::debug!(%pair, %signal, "part of the migration already seen");
+                return;
+            }
             p.migrations += 1;
             p.last_migration = Some((SystemTime::now(), signal));
         }

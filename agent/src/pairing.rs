@@ -88,8 +88,14 @@ pub enum Action {
     AttachPrimary {
         pair: String,
         dev: NetDev,
-        /// A primary was removed earlier on this pair: a migration signal.
-        replug: bool,
+    },
+    /// A device that can be the primary appeared after the pair's primary
+    /// was removed: a migration signal. It comes as soon as the device
+    /// registers, before its carrier (seconds later for an emulated e1000e)
+    /// and its attach.
+    PrimaryReturned {
+        pair: String,
+        ifindex: u32,
     },
     DetachPrimary {
         pair: String,
@@ -268,6 +274,7 @@ impl Pair {
         self.follow_renames(devices);
         self.update_standby(devices, others, actions);
         self.check_primary(devices, now, others, actions);
+        self.check_returned(devices, others, actions);
         self.settle_primary(devices, now, hold, others, actions);
         self.update_refused(devices, others, actions);
     }
@@ -385,6 +392,26 @@ impl Pair {
         }
     }
 
+    /// After a removal, the first device that could be the primary again
+    /// is a migration signal, whatever its state.
+    fn check_returned(
+        &mut self,
+        devices: &BTreeMap<u32, NetDev>,
+        others: &Others,
+        actions: &mut Vec<Action>,
+    ) {
+        if !self.replug || self.primary.is_some() {
+            return;
+        }
+        if let Some(dev) = devices.values().find(|d| self.eligible(d, others)) {
+            self.replug = false;
+            actions.push(Action::PrimaryReturned {
+                pair: self.spec.name.clone(),
+                ifindex: dev.ifindex,
+            });
+        }
+    }
+
     /// Start, continue or finish a primary's hold.
     fn settle_primary(
         &mut self,
@@ -429,7 +456,6 @@ impl Pair {
         actions.push(Action::AttachPrimary {
             pair: self.spec.name.clone(),
             dev: dev.clone(),
-            replug: std::mem::take(&mut self.replug),
         });
     }
 
@@ -640,11 +666,21 @@ mod tests {
         }
     }
 
-    fn attached(actions: &[Action]) -> Vec<(u32, bool)> {
+    fn returned(actions: &[Action]) -> Vec<u32> {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::AttachPrimary { dev, replug, .. } => Some((dev.ifindex, *replug)),
+                Action::PrimaryReturned { ifindex, .. } => Some(*ifindex),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn attached(actions: &[Action]) -> Vec<u32> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::AttachPrimary { dev, .. } => Some(dev.ifindex),
                 _ => None,
             })
             .collect()
@@ -694,7 +730,7 @@ mod tests {
         assert!(w.at(1000).is_empty(), "held for the settle time");
         assert_eq!(w.pairing.next_deadline().map(|t| w.ms(t)), Some(1200));
         assert!(w.at(1199).is_empty());
-        assert_eq!(attached(&w.at(1200)), [(4, false)]);
+        assert_eq!(attached(&w.at(1200)), [4]);
         assert_eq!(w.pairing.next_deadline(), None);
         let view = w.view();
         assert_eq!(view.standby.map(|m| m.ifindex), Some(3));
@@ -711,7 +747,7 @@ mod tests {
         assert_eq!(w.pairing.next_deadline(), None);
         w.add(standby(3, "ens3", M1));
         assert_eq!(found(&w.at(6000)), [3]);
-        assert_eq!(attached(&w.at(6200)), [(4, false)]);
+        assert_eq!(attached(&w.at(6200)), [4]);
     }
 
     #[test]
@@ -720,7 +756,7 @@ mod tests {
         w.add(standby(3, "ens3", M1));
         w.add(vf(4, "ens4", M1));
         assert_eq!(found(&w.at(0)), [3]);
-        assert_eq!(attached(&w.at(200)), [(4, false)]);
+        assert_eq!(attached(&w.at(200)), [4]);
     }
 
     #[test]
@@ -738,7 +774,7 @@ mod tests {
         w.running(4, true);
         assert!(w.at(300).is_empty());
         assert!(w.at(499).is_empty());
-        assert_eq!(attached(&w.at(500)), [(4, false)]);
+        assert_eq!(attached(&w.at(500)), [4]);
     }
 
     #[test]
@@ -747,16 +783,16 @@ mod tests {
         w.add(standby(3, "ens3", M1));
         w.add(vf(4, "ens4", M1));
         w.at(0);
-        assert_eq!(attached(&w.at(200)), [(4, false)]);
+        assert_eq!(attached(&w.at(200)), [4]);
         // The kernel takes a device down before it unregisters it.
         w.running(4, false);
         assert_eq!(detached(&w.at(1000)), [(4, DetachReason::Down)]);
         w.remove(4);
         w.at(1001);
         w.add(vf(5, "ens4", M1));
-        w.at(2000);
-        // No flap penalty: the plain settle time, and a migration signal.
-        assert_eq!(attached(&w.at(2200)), [(5, true)]);
+        assert_eq!(returned(&w.at(2000)), [5], "a migration signal");
+        // No flap penalty: the plain settle time.
+        assert_eq!(attached(&w.at(2200)), [5]);
     }
 
     #[test]
@@ -765,25 +801,27 @@ mod tests {
         w.add(standby(3, "ens3", M1));
         w.add(vf(4, "ens4", M1));
         w.at(0);
-        assert_eq!(attached(&w.at(200)), [(4, false)]);
+        assert_eq!(attached(&w.at(200)), [4]);
 
         // Unplug: detached at once. The new VF gets a new ifindex.
         w.remove(4);
         assert_eq!(detached(&w.at(1000)), [(4, DetachReason::Removed)]);
         w.add(vf(5, "ens4", M1));
+        // Signalled as soon as it registers, before it is up.
+        w.running(5, false);
+        assert_eq!(returned(&w.at(3000)), [5]);
+        w.running(5, true);
         w.at(4000);
-        assert_eq!(
-            attached(&w.at(4200)),
-            [(5, true)],
-            "an unplug is not a flap"
-        );
+        assert_eq!(attached(&w.at(4200)), [5], "an unplug is not a flap");
 
-        // Only the first attach after the removal is a replug.
+        // A carrier flap is no migration.
         w.running(5, false);
         assert_eq!(detached(&w.at(5000)), [(5, DetachReason::Down)]);
         w.running(5, true);
-        w.at(5100);
-        assert_eq!(attached(&w.at(5500)), [(5, false)]);
+        assert!(returned(&w.at(5100)).is_empty());
+        let actions = w.at(5500);
+        assert_eq!(attached(&actions), [5]);
+        assert!(returned(&actions).is_empty());
     }
 
     #[test]
@@ -792,7 +830,7 @@ mod tests {
         w.add(standby(3, "ens3", M1));
         w.add(vf(4, "ens4", M1));
         w.at(0);
-        assert_eq!(attached(&w.at(200)), [(4, false)]);
+        assert_eq!(attached(&w.at(200)), [4]);
 
         // Each flap within the window doubles the hold: 400, 800, ... ms.
         let mut t = 1000;
@@ -804,7 +842,7 @@ mod tests {
             let deadline = w.pairing.next_deadline().map(|d| w.ms(d));
             assert_eq!(deadline, Some(t + 10 + hold));
             assert!(w.at(t + 10 + hold - 1).is_empty());
-            assert_eq!(attached(&w.at(t + 10 + hold)), [(4, false)]);
+            assert_eq!(attached(&w.at(t + 10 + hold)), [4]);
             t += 10 + hold + 100;
         }
 
@@ -856,7 +894,7 @@ mod tests {
         w.add(veth(3, "vf0", M1));
         w.add(veth(4, "other", M2));
         assert_eq!(found(&w.at(0)), [2]);
-        assert_eq!(attached(&w.at(200)), [(3, false)]);
+        assert_eq!(attached(&w.at(200)), [3]);
 
         // Migration: unplug, standby briefly gone and back by name, replug.
         w.remove(3);
@@ -869,8 +907,8 @@ mod tests {
         w.add(veth(5, "virtio0", M1));
         assert_eq!(found(&w.at(1200)), [5]);
         w.add(veth(6, "vf0", M1));
-        w.at(1300);
-        assert_eq!(attached(&w.at(1500)), [(6, true)]);
+        assert_eq!(returned(&w.at(1300)), [6]);
+        assert_eq!(attached(&w.at(1500)), [6]);
     }
 
     #[test]
@@ -885,7 +923,7 @@ mod tests {
         w.add(veth(3, "same-as-standby", M1));
         w.add(veth(4, "pri", M2));
         w.at(0);
-        assert_eq!(attached(&w.at(200)), [(4, false)]);
+        assert_eq!(attached(&w.at(200)), [4]);
         assert_eq!(w.view().mac, Some(M2));
     }
 
@@ -905,8 +943,9 @@ mod tests {
         w.remove(4);
         let actions = w.at(500);
         assert_eq!(detached(&actions), [(4, DetachReason::Removed)]);
+        assert_eq!(returned(&actions), [5]);
         assert!(w.view().refused.is_empty());
-        assert_eq!(attached(&w.at(700)), [(5, true)]);
+        assert_eq!(attached(&w.at(700)), [5]);
     }
 
     #[test]
@@ -917,7 +956,7 @@ mod tests {
         w.add(vf(5, "ens5", M1));
         w.at(0);
         let actions = w.at(200);
-        assert_eq!(attached(&actions), [(5, false)]);
+        assert_eq!(attached(&actions), [5]);
         assert_eq!(refused(&actions), [6]);
     }
 
@@ -942,7 +981,7 @@ mod tests {
         w.add(vf(11, "vf-a", M1));
         w.at(100);
         let actions = w.at(300);
-        assert_eq!(attached(&actions), [(11, false), (10, false)]);
+        assert_eq!(attached(&actions), [11, 10]);
         let pairs = w.pairing.pairs();
         assert_eq!(pairs[0].primary.as_ref().map(|m| m.ifindex), Some(11));
         assert_eq!(pairs[1].primary.as_ref().map(|m| m.ifindex), Some(10));
@@ -958,7 +997,7 @@ mod tests {
         w.add(vf(4, "ens4", M1));
         assert_eq!(found(&w.at(0)), [3]);
         let actions = w.at(200);
-        assert_eq!(attached(&actions), [(4, false)]);
+        assert_eq!(attached(&actions), [4]);
         assert!(
             refused(&actions).is_empty(),
             "the master is not refused, just not a member"
@@ -980,7 +1019,7 @@ mod tests {
         w.add(vf(4, "eth1", M1));
         w.at(0);
         w.devices.get_mut(&4).expect("vf").ifname = "ens4".into();
-        assert_eq!(attached(&w.at(200)), [(4, false)], "renamed while held");
+        assert_eq!(attached(&w.at(200)), [4], "renamed while held");
         w.devices.get_mut(&3).expect("standby").ifname = "sb0".into();
         assert!(w.at(300).is_empty());
         let view = w.view();
@@ -1047,7 +1086,7 @@ mod tests {
             }
             actions.extend(pairing.update(devices.get(), t0 + Duration::from_secs(1)));
             assert_eq!(found(&actions), [3], "order {order:?}");
-            assert_eq!(attached(&actions), [(4, false)], "order {order:?}");
+            assert_eq!(attached(&actions), [4], "order {order:?}");
             assert!(refused(&actions).is_empty(), "order {order:?}");
             assert_eq!(devices.get()[&3].guest_announce, Some(false));
         }
@@ -1059,7 +1098,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(found(&pairing.update(devices.get(), t0)), [3]);
         let actions = pairing.update(devices.get(), t0 + Duration::from_millis(200));
-        assert_eq!(attached(&actions), [(4, false)]);
+        assert_eq!(attached(&actions), [4]);
 
         // Unplug and replug through the same path: a migration signal.
         let mut out = Vec::new();
@@ -1075,9 +1114,10 @@ mod tests {
         assert_eq!(detached(&actions), [(4, DetachReason::Removed)]);
         fake.pci_nic("ens4", 5, "0000:00:05.0", "e1000e");
         devices.link_event(LinkEvent::Changed(link(5, "ens4")), &mut out);
-        pairing.update(devices.get(), t0 + Duration::from_secs(2));
+        let actions = pairing.update(devices.get(), t0 + Duration::from_secs(2));
+        assert_eq!(returned(&actions), [5]);
         let actions = pairing.update(devices.get(), t0 + Duration::from_millis(2200));
-        assert_eq!(attached(&actions), [(5, true)]);
+        assert_eq!(attached(&actions), [5]);
     }
 
     /// A standby and a VF from fake sysfs, the VF arriving first and still
@@ -1104,6 +1144,6 @@ mod tests {
         assert_eq!(devices.get()[&4].class, Class::PrimaryCandidate);
         pairing.update(devices.get(), t0 + Duration::from_secs(2));
         let actions = pairing.update(devices.get(), t0 + Duration::from_millis(2200));
-        assert_eq!(attached(&actions), [(4, false)]);
+        assert_eq!(attached(&actions), [4]);
     }
 }

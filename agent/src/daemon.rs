@@ -487,11 +487,19 @@ impl Daemon {
                 }
             }
         }
-        self.pairing = Pairing::new(pair_specs(&config), hold(&config));
-        for p in self.pairs.values_mut() {
-            // Pairing starts afresh and finds the devices again.
-            p.standby = None;
-            p.primary = None;
+        if pair_specs(&config) != pair_specs(&self.config) || hold(&config) != hold(&self.config) {
+            // Which devices make which pair may change: start pairing afresh.
+            // The links go first, in the datapath thread, so that the XDP
+            // programs are gone before the devices are opened again.
+            for p in self.pairs.values_mut() {
+                let _ = p.datapath.call(|s| {
+                    s.device_mut().detach_primary();
+                    s.device_mut().detach_standby();
+                });
+                p.standby = None;
+                p.primary = None;
+            }
+            self.pairing = Pairing::new(pair_specs(&config), hold(&config));
         }
         self.config = config;
         tracing::info!("configuration reloaded");
@@ -623,7 +631,7 @@ impl PairRuntime {
                 at_unix: unix_secs(s.at),
                 from: s.from.to_string(),
                 to: s.to.to_string(),
-                cause: format!("{:?}", s.cause),
+                cause: s.cause.to_string(),
                 first_tx_after_us: s.first_tx_after.map(|d| d.as_micros() as u64),
             }),
             guest_announce: self.standby.as_ref().and_then(|s| s.guest_announce),

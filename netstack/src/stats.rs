@@ -41,6 +41,20 @@ pub enum SwitchCause {
     StandbyLost,
 }
 
+impl std::fmt::Display for SwitchCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SwitchCause::PrimaryAttached => "primary-attached",
+            SwitchCause::PrimaryDetached => "primary-detached",
+            SwitchCause::PrimaryLost => "primary-lost",
+            SwitchCause::PrimaryRecovered => "primary-recovered",
+            SwitchCause::StandbyAttached => "standby-attached",
+            SwitchCause::StandbyDetached => "standby-detached",
+            SwitchCause::StandbyLost => "standby-lost",
+        })
+    }
+}
+
 /// Counters of one path, summed over every device that served it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PathCounters {

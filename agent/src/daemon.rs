@@ -602,6 +602,7 @@ impl PairRuntime {
                 announces_sent: self.announce_frames,
                 addresses: Vec::new(),
                 tx_no_path: 0,
+                fast_path_error: self.fast_path_error.clone(),
             };
         };
         let link_status = |l: Option<(String, u32, String, String)>, c: &PathCounters| {
@@ -644,6 +645,7 @@ impl PairRuntime {
             announces_sent: self.announce_frames,
             addresses,
             tx_no_path: stats.tx_no_path,
+            fast_path_error: self.fast_path_error.clone(),
         }
     }
 }

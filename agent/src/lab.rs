@@ -18,6 +18,8 @@
 //! a new `vf0` with the same MAC there. The tor bridge keeps the guest's MAC on the old
 //! uplink until its FDB entry ages out or the guest sends something: without an announce
 //! the peer is blackholed ([`Lab::fdb_port`] shows where the switch thinks the MAC lives).
+//! [`Lab::unplug_standby`] and [`Lab::replug_standby`] remove and re-create `virtio0` (same
+//! MAC, new ifindex) on the host it is on: a standby lost and regained, no migration.
 //!
 //! Everything lives in namespaces named `vfl-<pid>-<rand>-<role>`, so runs never collide and
 //! nothing is created in the caller's namespace; veths are created directly inside them.
@@ -200,6 +202,8 @@ struct State {
     primary: Option<Ns>,
     /// The host holding `virtio0`'s far end.
     standby: Ns,
+    /// Whether `virtio0` exists (see [`Lab::unplug_standby`]).
+    standby_plugged: bool,
 }
 
 /// A running lab. All methods take `&self`, so threads can share it (one migrates while
@@ -235,6 +239,7 @@ impl Lab {
                 namespaces: Vec::new(),
                 primary: None,
                 standby: Ns::Src,
+                standby_plugged: false,
             }),
         };
         // On error `lab` is dropped here, which deletes the namespaces made so far.
@@ -313,9 +318,8 @@ impl Lab {
         self.ip(Ns::Peer, &["addr", "add", &v4, "dev", PEER_IF])?;
         self.ip(Ns::Peer, &["addr", "add", &v6, "dev", PEER_IF, "nodad"])?;
 
-        self.veth(Ns::Guest, STANDBY, Some(self.mac), Ns::Src, STANDBY_FAR)?;
-        self.bridge_port(Ns::Src, STANDBY_FAR)?;
-        self.ip(Ns::Guest, &["link", "set", STANDBY, "up"])?;
+        self.plug_standby(Ns::Src)?;
+        self.state().standby_plugged = true;
         self.plug_primary(Ns::Src)?;
         self.state().primary = Some(Ns::Src);
         Ok(())
@@ -337,6 +341,14 @@ impl Lab {
 
     fn bridge_port(&self, ns: Ns, ifname: &str) -> Result<()> {
         self.ip(ns, &["link", "set", ifname, "master", BRIDGE, "up"])
+            .map(drop)
+    }
+
+    /// A new `virtio0` with the pair's MAC, far end on `host`'s bridge.
+    fn plug_standby(&self, host: Ns) -> Result<()> {
+        self.veth(Ns::Guest, STANDBY, Some(self.mac), host, STANDBY_FAR)?;
+        self.bridge_port(host, STANDBY_FAR)?;
+        self.ip(Ns::Guest, &["link", "set", STANDBY, "up"])
             .map(drop)
     }
 
@@ -370,6 +382,9 @@ impl Lab {
         if st.primary.is_some() {
             bail!("unplug the primary {PRIMARY} before migrating: a VF cannot migrate");
         }
+        if !st.standby_plugged {
+            bail!("the standby {STANDBY} is unplugged: nothing to migrate");
+        }
         let from = st.standby;
         let to = if from == Ns::Src { Ns::Dst } else { Ns::Src };
         let to_name = self.ns_name(to);
@@ -395,6 +410,34 @@ impl Lab {
             return Err(e);
         }
         st.primary = Some(host);
+        drop(st);
+        self.settle()
+    }
+
+    /// Hot-unplugs the standby: deletes `virtio0` in the guest (its far end goes with it).
+    /// Not part of a migration; a guest whose virtio-net device was removed.
+    pub fn unplug_standby(&self) -> Result<()> {
+        let mut st = self.state();
+        if !st.standby_plugged {
+            bail!("the standby {STANDBY} is already unplugged");
+        }
+        self.ip(Ns::Guest, &["link", "del", STANDBY])?;
+        st.standby_plugged = false;
+        Ok(())
+    }
+
+    /// Plugs a new standby: `virtio0` with the same MAC (a new ifindex), far end on the
+    /// bridge of the host the standby was on.
+    pub fn replug_standby(&self) -> Result<()> {
+        let mut st = self.state();
+        if st.standby_plugged {
+            bail!("the standby {STANDBY} is still plugged");
+        }
+        if let Err(e) = self.plug_standby(st.standby) {
+            let _ = self.ip(Ns::Guest, &["link", "del", STANDBY]);
+            return Err(e);
+        }
+        st.standby_plugged = true;
         drop(st);
         self.settle()
     }

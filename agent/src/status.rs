@@ -48,6 +48,11 @@ pub struct PairStatus {
     pub addresses: Vec<String>,
     /// Frames the stack wanted to send while no link could take them.
     pub tx_no_path: u64,
+    /// Why the paired primary is not carrying the stack (AF_XDP could not
+    /// be opened on it: another XDP program attached, no driver support...);
+    /// `None` while the fast path works or no primary is paired.
+    #[serde(default)]
+    pub fast_path_error: Option<String>,
 }
 
 /// One link of a pair.
@@ -249,6 +254,9 @@ fn render_pair(out: &mut String, pair: &PairStatus, now: f64) {
         );
     }
     let _ = writeln!(out, "{migrations}");
+    if let Some(error) = &pair.fast_path_error {
+        let _ = writeln!(out, "  fast path   unavailable: {error}");
+    }
     if pair.tx_no_path > 0 {
         let _ = writeln!(
             out,
@@ -329,12 +337,13 @@ pub fn render_prometheus(status: &Status) -> String {
             );
         }
     }
-    let per_pair: [(&str, &str, &str, PairValue); 8] = [
+    let per_pair: [(&str, &str, &str, PairValue); 9] = [
         ("vfailover_degraded", "gauge", "1 when the pair lacks a link or a link is unhealthy.", |p| Some(flag(p.degraded))),
         ("vfailover_switches_total", "counter", "Path switches.", |p| Some(p.switches as f64)),
         ("vfailover_migrations_detected_total", "counter", "Migrations detected.", |p| Some(p.migrations_detected as f64)),
         ("vfailover_announce_frames_total", "counter", "Announce frames sent (GARP, unsolicited NA, RARP).", |p| Some(p.announces_sent as f64)),
         ("vfailover_tx_no_path_total", "counter", "Frames dropped because no link could send them.", |p| Some(p.tx_no_path as f64)),
+        ("vfailover_fast_path_error", "gauge", "1 when the paired primary could not be opened for AF_XDP (see vfailover status), else 0.", |p| Some(flag(p.fast_path_error.is_some()))),
         ("vfailover_guest_announce", "gauge", "1 when the standby negotiated VIRTIO_NET_F_GUEST_ANNOUNCE, 0 when not; absent when unknown.", |p| p.guest_announce.map(flag)),
         ("vfailover_last_switch_timestamp_seconds", "gauge", "Unix time of the last path switch.", |p| p.last_switch.as_ref().map(|s| s.at_unix)),
         ("vfailover_last_migration_timestamp_seconds", "gauge", "Unix time of the last migration detected.", |p| p.last_migration.as_ref().map(|s| s.at_unix)),
@@ -542,6 +551,7 @@ mod tests {
                     announces_sent: 10,
                     addresses: vec!["10.213.0.20/24".into(), "fd00:213::20/64".into()],
                     tx_no_path: 0,
+                    fast_path_error: None,
                 },
                 PairStatus {
                     // Everything a label must escape.
@@ -560,6 +570,7 @@ mod tests {
                     announces_sent: 0,
                     addresses: vec![],
                     tx_no_path: 3,
+                    fast_path_error: Some("eth2 already has XDP program id 7 attached".into()),
                 },
             ],
             refused: vec![RefusedDevice {
@@ -620,6 +631,12 @@ mod tests {
         assert!(table.contains("guest_announce unknown"));
         assert!(table.contains("  switches    0\n"));
         assert!(table.contains("  tx no path  3 frames"));
+        assert!(table.contains("  fast path   unavailable: eth2 already has XDP program id 7"));
+        assert_eq!(
+            table.matches("fast path").count(),
+            1,
+            "only the pair without it"
+        );
         assert!(
             table.contains("  eth1 (ifindex 7, 02:00:00:00:00:01): second primary for pair main\n")
         );
@@ -808,6 +825,11 @@ mod tests {
         assert_eq!(series["vfailover_guest_announce,pair=main"], 0.0);
         assert!(!series.contains_key(&format!("vfailover_guest_announce,pair={odd}")));
         assert_eq!(series["vfailover_degraded,pair=main"], 0.0);
+        assert_eq!(series["vfailover_fast_path_error,pair=main"], 0.0);
+        assert_eq!(
+            series[&format!("vfailover_fast_path_error,pair={odd}")],
+            1.0
+        );
         assert_eq!(series[&format!("vfailover_degraded,pair={odd}")], 1.0);
         assert_eq!(
             series[&format!("vfailover_tx_no_path_total,pair={odd}")],

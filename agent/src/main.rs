@@ -72,6 +72,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Standby::Xdp)]
         standby: Standby,
     },
+    /// Benchmark the stack against the guest kernel in a namespace lab (as
+    /// root) and write a Markdown table (bench/RESULTS.md).
+    Bench(vfailover::bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -146,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
             other => unexpected(other),
         },
         Command::Lab { bytes, standby } => lab(bytes, standby),
+        Command::Bench(args) => vfailover::bench::main(args),
     }
 }
 

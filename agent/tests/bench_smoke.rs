@@ -1,0 +1,38 @@
+//! `vfailover bench` in miniature: a few hundred milliseconds per row, 5
+//! unplug/replug cycles, one migration, so CI runs every code path of the
+//! benchmark without the full run. Root only (skips otherwise, fails under
+//! `CI=true`).
+
+use vfailover::bench::{self, BenchOptions};
+use vfailover::lab::root_or_skip;
+
+#[test]
+fn a_tiny_bench_writes_the_table() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("RESULTS.md");
+    let options = BenchOptions::quick(env!("CARGO_BIN_EXE_vfailover").into(), output.clone());
+    let results = bench::run(&options).unwrap();
+    assert_eq!(results.failover.down.len(), 5);
+    assert_eq!(results.failover.up.len(), 5);
+    assert!(
+        results.udp.iter().all(|(_, _, u)| u.answered > 0),
+        "{:?}",
+        results.udp
+    );
+    let text = std::fs::read_to_string(&output).unwrap();
+    for needle in [
+        "| payload | server | requests/s |",
+        "| 64 B | **stack** |",
+        "| 1400 B | kernel (stack's XDP filter on vf0) |",
+        "| offloads | server | Gbit/s |",
+        "| VF gone → standby | **event → first frame",
+        "| idle |",
+        "migration signal → first gratuitous ARP",
+        "| aim | measured | met |",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}

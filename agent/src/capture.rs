@@ -7,6 +7,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,6 +18,8 @@ const ETHERTYPE_RARP: u16 = 0x8035;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 const ICMPV6: u8 = 58;
 const NEIGHBOR_ADVERT: u8 = 136;
+/// How often [`capture_until`] looks at its stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// An announce frame, by what it announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +72,28 @@ pub fn parse(frame: &[u8]) -> Option<Announce> {
 /// Capture announce frames on `ifname` (in the calling thread's network
 /// namespace) for `duration`; returns them with their arrival times.
 pub fn capture(ifname: &str, duration: Duration) -> Result<Vec<(Instant, Announce)>> {
+    capture_until(ifname, duration, &AtomicBool::new(false))
+}
+
+/// [`capture`], ending early once `stop` is set (checked every 50 ms).
+/// IPv4 frames are filtered out in the kernel: a capture that runs under a
+/// TCP stream would otherwise overflow its queue and drop the very
+/// announce frames it is there to see (ARP, RARP and IPv6 are kept).
+pub fn capture_until(
+    ifname: &str,
+    duration: Duration,
+    stop: &AtomicBool,
+) -> Result<Vec<(Instant, Announce)>> {
     let socket = open(ifname)?;
+    attach_no_ipv4_filter(&socket)?;
     let deadline = Instant::now() + duration;
     let mut seen = Vec::new();
     let mut buf = [0u8; 2048];
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        set_timeout(&socket, left.max(Duration::from_millis(1)))?;
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        set_timeout(&socket, left.clamp(Duration::from_millis(1), STOP_POLL))?;
         // SAFETY: `buf` is valid for `buf.len()` bytes for the whole call.
         let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
@@ -126,6 +145,58 @@ fn open(ifname: &str) -> Result<OwnedFd> {
             .with_context(|| format!("binding to {ifname}"));
     }
     Ok(socket)
+}
+
+/// A classic BPF program: drop IPv4 (ethertype 0x0800), keep the rest.
+fn attach_no_ipv4_filter(socket: &OwnedFd) -> Result<()> {
+    const ETHERTYPE_IPV4: u32 = 0x0800;
+    let mut code = [
+        // ldh [12]: the ethertype
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 12,
+        },
+        // jeq #0x0800: next (drop) if IPv4, else skip one (keep)
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: ETHERTYPE_IPV4,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: u32::MAX,
+        },
+    ];
+    let program = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: `program` points at `code`, both alive for the call; the
+    // kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&program as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("attaching the capture filter");
+    }
+    Ok(())
 }
 
 fn set_timeout(socket: &OwnedFd, timeout: Duration) -> Result<()> {

@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod discovery;
 pub mod lab;
+pub mod lab_run;
 pub mod migration;
 pub mod pairing;
 pub mod scenario;

@@ -7,8 +7,8 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -231,6 +231,11 @@ pub struct GatedStream {
     steps: usize,
     written: Arc<AtomicU64>,
     steps_done: Arc<AtomicUsize>,
+    /// Set by [`GatedStream::abort`]; the writer checks it between writes.
+    aborted: Arc<AtomicBool>,
+    /// The connection, once open, so that an abort can shut it down and
+    /// wake a reader or writer blocked in the kernel.
+    socket: Arc<Mutex<Option<TcpStream>>>,
     thread: std::thread::JoinHandle<Result<(String, String)>>,
     started: Instant,
 }
@@ -239,17 +244,24 @@ impl GatedStream {
     pub fn start(lab: &Lab, bytes: u64, steps: usize) -> Result<GatedStream> {
         let written = Arc::new(AtomicU64::new(0));
         let steps_done = Arc::new(AtomicUsize::new(0));
+        let aborted = Arc::new(AtomicBool::new(false));
+        let socket = Arc::new(Mutex::new(None));
         let thread = {
-            let (written, steps_done) = (written.clone(), steps_done.clone());
-            lab.spawn_in(Ns::Peer, move || {
-                echo_stream(bytes, steps, &written, &steps_done)
-            })?
+            let progress = Progress {
+                written: written.clone(),
+                steps_done: steps_done.clone(),
+                aborted: aborted.clone(),
+                socket: socket.clone(),
+            };
+            lab.spawn_in(Ns::Peer, move || echo_stream(bytes, steps, &progress))?
         };
         Ok(GatedStream {
             bytes,
             steps,
             written,
             steps_done,
+            aborted,
+            socket,
             thread,
             started: Instant::now(),
         })
@@ -257,6 +269,17 @@ impl GatedStream {
 
     /// Wait until step `k` (1-based) may begin; returns the bytes written.
     pub fn wait_for_step(&self, k: usize) -> Result<u64> {
+        self.wait_for_step_with(k, || Ok(()))
+    }
+
+    /// [`GatedStream::wait_for_step`], calling `tick` about every
+    /// millisecond while waiting; an error from `tick` ends the wait (a
+    /// caller's Ctrl-C, say).
+    pub fn wait_for_step_with(
+        &self,
+        k: usize,
+        mut tick: impl FnMut() -> Result<()>,
+    ) -> Result<u64> {
         let threshold = self.bytes * k as u64 / (self.steps as u64 + 1);
         let mut last = (0, Instant::now());
         loop {
@@ -272,8 +295,32 @@ impl GatedStream {
             } else if last.1.elapsed() > STALL {
                 bail!("the stream stalled at {now} bytes");
             }
+            tick()?;
             std::thread::sleep(Duration::from_micros(500));
         }
+    }
+
+    /// Bytes the peer has written so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Whether the stream has ended (done or failed): [`GatedStream::finish`]
+    /// will not block then.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Stop the stream now: shut its connection down (which wakes a
+    /// blocked read or write) and wait for its threads.
+    pub fn abort(self) {
+        self.aborted.store(true, Ordering::Release);
+        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(socket) = socket.as_ref() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        drop(socket);
+        let _ = self.thread.join();
     }
 
     /// Let the writer pass the gate of the step just done.
@@ -361,9 +408,11 @@ pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Re
 }
 
 /// Wait (at most 5 s) for rtnetlink to say `ifname` went down or away in
-/// this thread's namespace; returns when it did. The listener is open
-/// before the link is deleted: `spawn_in` returns once the thread is inside.
-fn wait_for_loss(ifname: &str) -> Result<Option<SystemTime>> {
+/// this thread's namespace; returns when it did. Run it with
+/// [`Lab::spawn_in`] before deleting the link: `spawn_in` returns once the
+/// thread is inside the namespace; the listener opens a moment later,
+/// which the milliseconds that `ip link del` takes to start cover.
+pub fn wait_for_loss(ifname: &str) -> Result<Option<SystemTime>> {
     let mut monitor = LinkMonitor::open().context("opening an rtnetlink listener")?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
@@ -406,18 +455,33 @@ fn fill_pattern(seed: &mut u64, buf: &mut [u8]) {
     }
 }
 
+/// What the writer shares with its [`GatedStream`].
+struct Progress {
+    written: Arc<AtomicU64>,
+    steps_done: Arc<AtomicUsize>,
+    aborted: Arc<AtomicBool>,
+    socket: Arc<Mutex<Option<TcpStream>>>,
+}
+
+impl Progress {
+    fn check_abort(&self) -> Result<()> {
+        if self.aborted.load(Ordering::Acquire) {
+            bail!("the stream was aborted");
+        }
+        Ok(())
+    }
+}
+
 /// The peer's side: write `bytes` to the echo service from one thread and
 /// read them back on another; returns both SHA-256 digests (hex).
-fn echo_stream(
-    bytes: u64,
-    steps: usize,
-    written: &AtomicU64,
-    steps_done: &AtomicUsize,
-) -> Result<(String, String)> {
+fn echo_stream(bytes: u64, steps: usize, progress: &Progress) -> Result<(String, String)> {
     let stream = TcpStream::connect_timeout(&SocketAddr::new(STACK_V4.into(), ECHO_PORT), STALL)
         .context("connecting to the stack's echo service")?;
     stream.set_read_timeout(Some(STALL))?;
     stream.set_write_timeout(Some(STALL))?;
+    *progress.socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream.try_clone()?);
+    // An abort that came before the socket was shared found nothing to shut.
+    progress.check_abort()?;
     let mut reader = stream.try_clone()?;
     let echoed = std::thread::spawn(move || -> Result<String> {
         let mut hash = Sha256::new();
@@ -446,12 +510,14 @@ fn echo_stream(
         let halves = sent * 2 * (steps as u64 + 1) / bytes;
         let gate = (halves.saturating_sub(1) / 2).min(steps as u64);
         let waiting = Instant::now();
-        while (steps_done.load(Ordering::Acquire) as u64) < gate {
+        while (progress.steps_done.load(Ordering::Acquire) as u64) < gate {
+            progress.check_abort()?;
             if waiting.elapsed() > STALL {
                 bail!("step {gate} did not finish within {STALL:?}");
             }
             std::thread::sleep(Duration::from_micros(200));
         }
+        progress.check_abort()?;
         let len = (bytes - sent).min(buf.len() as u64) as usize;
         fill_pattern(&mut seed, &mut buf[..len]);
         writer
@@ -459,7 +525,7 @@ fn echo_stream(
             .with_context(|| format!("writing after {sent} bytes"))?;
         hash.update(&buf[..len]);
         sent += len as u64;
-        written.store(sent, Ordering::Release);
+        progress.written.store(sent, Ordering::Release);
     }
     let sent_hash = hex(&hash.finalize());
     let echoed_hash = echoed

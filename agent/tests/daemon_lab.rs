@@ -8,179 +8,23 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use vfailover::capture::{self, Announce};
-use vfailover::control::{self, Request, Response};
+use vfailover::lab::agent::{default_pair, pair_config, Agent};
 use vfailover::lab::{
     root_or_skip, Lab, LabOptions, Ns, PEER_IF, STACK_V4, STACK_V6, STANDBY, TOR_DST_PORT,
 };
 use vfailover::scenario::{udp_probes, GatedStream, ECHO_PORT};
-use vfailover::status::{PairStatus, Status};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vfailover");
 
-/// A `vfailover run` in the lab's guest namespace, with its own config,
-/// fake sysfs and socket in a temporary directory.
-struct Agent {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-}
-
-impl Agent {
-    /// Start the daemon with `pair` as its one `[[pair]]` table; the
-    /// standby's virtio features have GUEST_ANNOUNCE (bit 21) as given.
-    fn start(lab: &Lab, guest_announce: bool, pair: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("vfailover.sock");
-        fake_features(lab, dir.path(), guest_announce);
-        Self::write_config(dir.path(), &socket, pair);
-        let log = fs::File::create(dir.path().join("agent.log")).unwrap();
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.ns_name(Ns::Guest),
-                BIN,
-                "run",
-                "--config",
-            ])
-            .arg(dir.path().join("vfailover.toml"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let agent = Agent {
-            child: Some(child),
-            dir,
-            socket,
-        };
-        agent.wait_for(Duration::from_secs(10), "the daemon to answer", |_| true);
-        agent
-    }
-
-    fn write_config(dir: &Path, socket: &Path, pair: &str) {
-        let config = format!(
-            "sysfs_root = \"{}\"\n[control]\nsocket = \"{}\"\ngroup = \"\"\n[[pair]]\n{pair}",
-            dir.join("sys").display(),
-            socket.display()
-        );
-        fs::write(dir.join("vfailover.toml"), config).unwrap();
-    }
-
-    fn status(&self) -> Option<Status> {
-        match control::request(&self.socket, &Request::Status, Duration::from_secs(2)) {
-            Ok(Response::Status(status)) => Some(*status),
-            _ => None,
-        }
-    }
-
-    fn pair(&self) -> PairStatus {
-        self.status().expect("status").pairs.remove(0)
-    }
-
-    /// Poll the status until `done` holds; panics with the log after `timeout`.
-    fn wait_for(&self, timeout: Duration, what: &str, done: impl Fn(&Status) -> bool) -> Status {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.status().filter(|s| done(s)) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last status {:?}\nlog:\n{}",
-                self.status(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn wait_for_path(&self, path: &str) -> PairStatus {
-        let status = self.wait_for(Duration::from_secs(10), &format!("path {path}"), |s| {
-            s.pairs.first().is_some_and(|p| p.path == path)
-        });
-        status.pairs.into_iter().next().unwrap()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: Signal) {
-        let pid = self.child.as_ref().unwrap().id() as i32;
-        kill(Pid::from_raw(pid), signal).unwrap();
-    }
-
-    /// SIGTERM and wait (bounded) for the exit.
-    fn stop(&mut self) -> ExitStatus {
-        self.signal(Signal::SIGTERM);
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the daemon did not stop on SIGTERM\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A sysfs tree with just what classification needs for the standby:
-/// its ifindex (so the entry is known to be that device) and its virtio
-/// features, GUEST_ANNOUNCE (bit 21) set or not.
-fn fake_features(lab: &Lab, dir: &Path, guest_announce: bool) {
-    let out = lab
-        .exec(
-            Ns::Guest,
-            &["cat", &format!("/sys/class/net/{STANDBY}/ifindex")],
-        )
-        .unwrap();
-    let net = dir.join("sys/class/net").join(STANDBY);
-    fs::create_dir_all(net.join("device")).unwrap();
-    fs::write(net.join("ifindex"), out.stdout).unwrap();
-    let mut bits = vec![b'0'; 64];
-    bits[21] = if guest_announce { b'1' } else { b'0' };
-    bits[62] = b'1';
-    fs::write(net.join("device/features"), bits).unwrap();
-}
-
-fn pair_config(addresses: &[&str]) -> String {
-    let addresses: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "standby = \"{STANDBY}\"\naddresses = [{}]\ngateway = \"10.213.0.1\"\nannounce = \"auto\"\n\
-         services = [{{ kind = \"tcp-echo\", port = 7 }}, {{ kind = \"udp-echo\", port = 7 }}]\n",
-        addresses.join(", ")
-    )
-}
-
-fn default_pair() -> String {
-    pair_config(&["10.213.0.20/24", "fd00:213::20/64"])
+/// The daemon in the lab's guest namespace (see [`Agent::start`]).
+fn start(lab: &Lab, guest_announce: bool, pair: &str) -> Agent {
+    Agent::start(lab, Path::new(BIN), guest_announce, pair).unwrap()
 }
 
 #[test]
@@ -189,15 +33,15 @@ fn daemon_follows_unplug_migrate_replug_under_a_byte_exact_stream() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();
-    let agent = Agent::start(&lab, false, &default_pair());
-    let paired = agent.wait_for_path("primary");
+    let agent = start(&lab, false, &default_pair());
+    let paired = agent.wait_for_path("primary").unwrap();
     assert_eq!(paired.standby.as_ref().unwrap().ifname, STANDBY);
     assert_eq!(paired.guest_announce, Some(false));
 
     let stream = GatedStream::start(&lab, 32 << 20, 3).unwrap();
     stream.wait_for_step(1).unwrap();
     lab.unplug().unwrap();
-    let unplugged = agent.wait_for_path("standby");
+    let unplugged = agent.wait_for_path("standby").unwrap();
     assert!(unplugged.primary.is_none(), "{unplugged:?}");
     stream.step_done();
     stream.wait_for_step(2).unwrap();
@@ -205,13 +49,13 @@ fn daemon_follows_unplug_migrate_replug_under_a_byte_exact_stream() {
     stream.step_done();
     stream.wait_for_step(3).unwrap();
     lab.replug().unwrap();
-    let back = agent.wait_for_path("primary");
+    let back = agent.wait_for_path("primary").unwrap();
     stream.step_done();
     let (sent, echoed, took) = stream.finish().unwrap();
     assert_eq!(sent, echoed, "the echoed stream differs\n{}", agent.log());
     println!("32 MiB echoed byte-exact in {took:?} through unplug, migrate, replug");
 
-    let fin = agent.pair();
+    let fin = agent.pair().unwrap();
     assert!(fin.switches >= 2, "{fin:?}");
     assert!(
         back.migrations_detected >= 1,
@@ -229,9 +73,9 @@ fn daemon_follows_unplug_migrate_replug_under_a_byte_exact_stream() {
 /// Unplug, migrate and replug a quiet guest while the peer captures; then
 /// check what the agent announced and whether the peer reaches it.
 fn silent_migration(lab: &Lab, agent: &Agent) -> Vec<(Instant, Announce)> {
-    agent.wait_for_path("primary");
+    agent.wait_for_path("primary").unwrap();
     lab.unplug().unwrap();
-    agent.wait_for_path("standby");
+    agent.wait_for_path("standby").unwrap();
     lab.migrate().unwrap();
     let capture = lab
         .spawn_in(Ns::Peer, || {
@@ -241,7 +85,7 @@ fn silent_migration(lab: &Lab, agent: &Agent) -> Vec<(Instant, Announce)> {
     std::thread::sleep(Duration::from_millis(100));
     let replugged = Instant::now();
     lab.replug().unwrap();
-    agent.wait_for_path("primary");
+    agent.wait_for_path("primary").unwrap();
     let frames = capture.join().unwrap().unwrap();
     frames
         .into_iter()
@@ -255,7 +99,7 @@ fn announces_after_migration_on_qemus_schedule_when_the_device_does_not() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();
-    let agent = Agent::start(&lab, false, &default_pair());
+    let agent = start(&lab, false, &default_pair());
     let frames = silent_migration(&lab, &agent);
     let mac = lab.mac().0;
     let garps: Vec<Instant> = frames
@@ -295,7 +139,7 @@ fn announces_after_migration_on_qemus_schedule_when_the_device_does_not() {
         Some(TOR_DST_PORT)
     );
     assert_eq!(udp_probes(&lab, STACK_V4.into(), 5, 64).unwrap(), 5);
-    let pair = agent.pair();
+    let pair = agent.pair().unwrap();
     assert!(
         pair.migrations_detected >= 1 && pair.announces_sent >= 10,
         "{pair:?}"
@@ -308,8 +152,8 @@ fn no_announce_when_the_device_announces_and_policy_is_auto() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();
-    let agent = Agent::start(&lab, true, &default_pair());
-    assert_eq!(agent.pair().guest_announce, Some(true));
+    let agent = start(&lab, true, &default_pair());
+    assert_eq!(agent.pair().unwrap().guest_announce, Some(true));
     let frames = silent_migration(&lab, &agent);
     let mac = lab.mac().0;
     let ours: Vec<_> = frames
@@ -322,7 +166,7 @@ fn no_announce_when_the_device_announces_and_policy_is_auto() {
         })
         .collect();
     assert!(ours.is_empty(), "the agent announced: {ours:?}");
-    let pair = agent.pair();
+    let pair = agent.pair().unwrap();
     assert!(pair.migrations_detected >= 1, "still detected: {pair:?}");
     assert_eq!(pair.announces_sent, 0);
     // Without an announce the switch still points at the old host.
@@ -376,9 +220,9 @@ fn socket_survives_bad_clients_and_refuses_non_root_announce() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();
-    let agent = Agent::start(&lab, false, &default_pair());
+    let agent = start(&lab, false, &default_pair());
     let raw = |bytes: &[u8], shutdown: bool| {
-        let mut s = UnixStream::connect(&agent.socket).unwrap();
+        let mut s = UnixStream::connect(agent.socket()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let _ = s.write_all(bytes);
         if shutdown {
@@ -393,7 +237,7 @@ fn socket_survives_bad_clients_and_refuses_non_root_announce() {
     let _ = raw(&vec![b'x'; 100_000], false);
     let _ = raw(b"{\"command\":\"sta", true);
     // A client that connects and never writes does not block the others.
-    let _idle = UnixStream::connect(&agent.socket).unwrap();
+    let _idle = UnixStream::connect(agent.socket()).unwrap();
     assert!(agent.status().is_some(), "still serving\n{}", agent.log());
 
     // The socket is 0660 root:root here; a non-root user in root's group
@@ -403,7 +247,7 @@ fn socket_survives_bad_clients_and_refuses_non_root_announce() {
             .args(["--reuid=65534", "--regid=0", "--clear-groups", BIN])
             .args(args)
             .arg("--socket")
-            .arg(&agent.socket)
+            .arg(agent.socket())
             .output()
             .unwrap()
     };
@@ -416,7 +260,7 @@ fn socket_survives_bad_clients_and_refuses_non_root_announce() {
         "{announce:?}"
     );
     assert_eq!(
-        agent.pair().announces_sent,
+        agent.pair().unwrap().announces_sent,
         0,
         "a refused announce sent nothing"
     );
@@ -428,21 +272,21 @@ fn sigterm_detaches_xdp_and_removes_the_socket() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();
-    let mut agent = Agent::start(&lab, false, &default_pair());
-    agent.wait_for_path("primary");
+    let mut agent = start(&lab, false, &default_pair());
+    agent.wait_for_path("primary").unwrap();
     let links = lab.ip(Ns::Guest, &["link", "show"]).unwrap();
     assert!(
         links.contains("xdp"),
         "programs attached while running: {links}"
     );
-    let exit = agent.stop();
+    let exit = agent.stop().unwrap();
     assert!(exit.success(), "exit {exit:?}\n{}", agent.log());
     let links = lab.ip(Ns::Guest, &["link", "show"]).unwrap();
     assert!(
         !links.contains("xdp"),
         "an XDP program was left behind: {links}"
     );
-    assert!(!agent.socket.exists(), "the socket file was left behind");
+    assert!(!agent.socket().exists(), "the socket file was left behind");
 }
 
 #[test]
@@ -451,12 +295,12 @@ fn sighup_moves_an_address_and_keeps_connections_on_the_others() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();
-    let agent = Agent::start(
+    let agent = start(
         &lab,
         false,
         &pair_config(&["10.213.0.20/24", "10.213.0.30/24"]),
     );
-    agent.wait_for_path("primary");
+    agent.wait_for_path("primary").unwrap();
     let old: IpAddr = Ipv4Addr::new(10, 213, 0, 30).into();
     let new: IpAddr = Ipv4Addr::new(10, 213, 0, 31).into();
     assert_eq!(udp_probes(&lab, old, 3, 64).unwrap(), 3);
@@ -486,18 +330,18 @@ fn sighup_moves_an_address_and_keeps_connections_on_the_others() {
     };
     assert_eq!(echo(b"before"), b"before");
 
-    Agent::write_config(
-        agent.dir.path(),
-        &agent.socket,
-        &pair_config(&["10.213.0.20/24", "10.213.0.31/24"]),
-    );
-    agent.signal(Signal::SIGHUP);
-    agent.wait_for(Duration::from_secs(5), "the new address", |s| {
-        s.pairs[0]
-            .addresses
-            .iter()
-            .any(|a| a.starts_with("10.213.0.31"))
-    });
+    agent
+        .write_config(&pair_config(&["10.213.0.20/24", "10.213.0.31/24"]))
+        .unwrap();
+    agent.signal(Signal::SIGHUP).unwrap();
+    agent
+        .wait_for(Duration::from_secs(5), "the new address", |s| {
+            s.pairs[0]
+                .addresses
+                .iter()
+                .any(|a| a.starts_with("10.213.0.31"))
+        })
+        .unwrap();
     assert_eq!(
         udp_probes(&lab, new, 3, 64).unwrap(),
         3,
@@ -511,12 +355,8 @@ fn sighup_moves_an_address_and_keeps_connections_on_the_others() {
     assert_eq!(echo(b"after the reload"), b"after the reload");
 
     // An invalid config is refused and the running one kept.
-    fs::write(
-        agent.dir.path().join("vfailover.toml"),
-        "[[pair]]\nbogus = 1\n",
-    )
-    .unwrap();
-    agent.signal(Signal::SIGHUP);
+    fs::write(agent.dir().join("vfailover.toml"), "[[pair]]\nbogus = 1\n").unwrap();
+    agent.signal(Signal::SIGHUP).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(agent.log().contains("reload refused"), "{}", agent.log());
     assert_eq!(echo(b"still here"), b"still here");

@@ -1,6 +1,6 @@
 //! The namespace lab: a failover guest, a source and a destination host and a top-of-rack
 //! switch, built from network namespaces, veths and bridges on any Linux box (root needed).
-//! Integration tests use it, and so will `vfailover lab`.
+//! Integration tests use it, and so does `vfailover lab`; [`agent`] runs the real daemon in it.
 //!
 //! ```text
 //!                 guest ns: vf0 (primary)      virtio0 (standby)     same MAC
@@ -30,6 +30,8 @@
 //! Caveat: a namespace lives on, nameless, while a thread is still inside it or a socket
 //! opened in it is still open. Join [`Lab::spawn_in`] threads and close their sockets before
 //! the lab is dropped, or their veths outlive it.
+
+pub mod agent;
 
 use std::collections::hash_map::RandomState;
 use std::fmt;

@@ -266,7 +266,7 @@ mod tests {
         let mut link = LinkMessage::default();
         link.header = LinkHeader {
             index: 7,
-            flags: LinkFlags::Up | LinkFlags::LowerUp,
+            flags: LinkFlags::Up | LinkFlags::LowerUp | LinkFlags::Running,
             ..LinkHeader::default()
         };
         link.attributes = attributes;
@@ -298,6 +298,15 @@ mod tests {
         assert_eq!(state.mac, Some([2, 0, 0, 0, 0, 1]));
         assert_eq!(state.perm_mac, Some([2, 0, 0, 0, 0, 2]));
         assert!(state.up && state.carrier && !state.notify_peers);
+    }
+
+    #[test]
+    fn carrier_needs_the_link_running_too() {
+        let mut message = LinkMessage::default();
+        message.header.index = 7;
+        message.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
+        let state = link_state(&message);
+        assert!(state.up && !state.carrier, "linkwatch has not run yet");
     }
 
     #[test]

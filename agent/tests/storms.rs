@@ -4,207 +4,61 @@
 //! `kill -9` and a restart, and a foreign XDP program on the VF. Each
 //! prints its figures. Root only (skips otherwise, fails under `CI=true`);
 //! every wait is bounded, and the lab and the daemon are removed even when
-//! a test fails (`Lab`'s and `Agent`'s `Drop`).
+//! a test fails (`Lab`'s and `Agent`'s `Drop`). The daemon is
+//! [`vfailover::lab::agent::Agent`], as in daemon_lab.rs.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use vfailover::control::{self, Request, Response};
-use vfailover::lab::{root_or_skip, Lab, LabOptions, Ns, PRIMARY, STANDBY};
+use vfailover::lab::agent::{default_pair, Agent, Setup};
+use vfailover::lab::{root_or_skip, Lab, LabOptions, Ns, PRIMARY};
 use vfailover::scenario::GatedStream;
-use vfailover::status::{PairStatus, Status};
+use vfailover::status::PairStatus;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vfailover");
 
-// `Agent` below is a trimmed copy of the harness in daemon_lab.rs (plus
-// restart, kill -9 and resource readings), until it moves into the library.
-
-/// A `vfailover run` in the lab's guest namespace, with its own config,
-/// fake sysfs, socket and log in a temporary directory. Dropping it kills
-/// the daemon by PID.
-struct Agent {
-    child: Option<Child>,
-    guest_ns: String,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
+/// The daemon with `tables` (TOML before `[[pair]]`) and the lab's
+/// default pair; the standby's fake features lack GUEST_ANNOUNCE.
+fn start(lab: &Lab, tables: &str) -> Agent {
+    Agent::start_with(
+        lab,
+        Path::new(BIN),
+        &Setup::new(false, &default_pair()).tables(tables),
+    )
+    .unwrap()
 }
 
-impl Agent {
-    /// Start the daemon with `extra` TOML (tables before `[[pair]]`) and
-    /// wait until it answers.
-    fn start(lab: &Lab, extra: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("vfailover.sock");
-        fake_features(lab, dir.path());
-        let config = format!(
-            "sysfs_root = \"{}\"\n[control]\nsocket = \"{}\"\ngroup = \"\"\n{extra}\n[[pair]]\n\
-             standby = \"{STANDBY}\"\naddresses = [\"10.213.0.20/24\", \"fd00:213::20/64\"]\n\
-             gateway = \"10.213.0.1\"\nannounce = \"auto\"\n\
-             services = [{{ kind = \"tcp-echo\", port = 7 }}, {{ kind = \"udp-echo\", port = 7 }}]\n",
-            dir.path().join("sys").display(),
-            socket.display()
-        );
-        fs::write(dir.path().join("vfailover.toml"), config).unwrap();
-        let mut agent = Agent {
-            child: None,
-            guest_ns: lab.ns_name(Ns::Guest),
-            dir,
-            socket,
-        };
-        agent.spawn();
-        agent
-    }
-
-    /// Run the daemon (again) on the same config, socket and log.
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "the daemon still runs");
-        let log = fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))
-            .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.guest_ns, BIN, "run", "--config"])
-            .arg(self.dir.path().join("vfailover.toml"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        self.wait_for(Duration::from_secs(10), "the daemon to answer", |_| true);
-    }
-
-    /// `ip netns exec` execs the daemon in place: same PID.
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
-    }
-
-    fn status(&self) -> Option<Status> {
-        match control::request(&self.socket, &Request::Status, Duration::from_secs(2)) {
-            Ok(Response::Status(status)) => Some(*status),
-            _ => None,
-        }
-    }
-
-    fn pair(&self) -> PairStatus {
-        self.status().expect("status").pairs.remove(0)
-    }
-
-    /// Poll the status until `done` holds; panics with the log after `timeout`.
-    fn wait_for(&self, timeout: Duration, what: &str, done: impl Fn(&Status) -> bool) -> Status {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.status().filter(|s| done(s)) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last status {:?}\nlog:\n{}",
-                self.status(),
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    fn wait_for_pair(&self, what: &str, done: impl Fn(&PairStatus) -> bool) -> PairStatus {
-        let status = self.wait_for(Duration::from_secs(10), what, |s| {
-            s.pairs.first().is_some_and(&done)
-        });
-        status.pairs.into_iter().next().unwrap()
-    }
-
-    fn wait_for_path(&self, path: &str) -> PairStatus {
-        self.wait_for_pair(&format!("path {path}"), |p| p.path == path)
-    }
-
-    fn log(&self) -> String {
-        let log = fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
-        // The tail explains a failure; 200 cycles of info lines do not.
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(80)..].join("\n")
-    }
-
-    /// (VmRSS in KiB, open file descriptors) of the daemon.
-    fn resources(&self) -> (u64, usize) {
-        let pid = self.pid();
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS");
-        let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
-        (rss, fds)
-    }
-
-    /// [`resources`](Self::resources) without the transient fds: the
-    /// connection thread of our last status call closes its socket a moment
-    /// after answering, and a link may be opening. The fewest fds seen in
-    /// 200 ms, with the RSS of that reading.
-    fn settled_resources(&self) -> (u64, usize) {
-        let mut best = self.resources();
-        for _ in 0..10 {
-            thread::sleep(Duration::from_millis(20));
-            let now = self.resources();
-            if now.1 <= best.1 {
-                best = now;
-            }
-        }
-        best
-    }
-
-    /// SIGKILL and reap it (bounded).
-    fn kill9(&mut self) {
-        kill(self.pid(), Signal::SIGKILL).unwrap();
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "SIGKILL did not end the daemon");
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
+/// The tail of the daemon's log: it explains a failure, 200 cycles of
+/// info lines do not.
+fn log(agent: &Agent) -> String {
+    agent.log_tail(80)
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+/// (VmRSS in KiB, open file descriptors) without the transient fds: the
+/// connection thread of our last status call closes its socket a moment
+/// after answering, and a link may be opening. The fewest fds seen in
+/// 200 ms, with the RSS of that reading.
+fn settled_resources(agent: &Agent) -> (u64, usize) {
+    let read = || {
+        let r = agent.resources().unwrap();
+        (r.rss_kib, r.fds)
+    };
+    let mut best = read();
+    for _ in 0..10 {
+        thread::sleep(Duration::from_millis(20));
+        let now = read();
+        if now.1 <= best.1 {
+            best = now;
         }
     }
-}
-
-/// A sysfs tree with the standby's ifindex and virtio features (STANDBY,
-/// no GUEST_ANNOUNCE), as daemon_lab.rs makes it.
-fn fake_features(lab: &Lab, dir: &Path) {
-    let out = lab
-        .exec(
-            Ns::Guest,
-            &["cat", &format!("/sys/class/net/{STANDBY}/ifindex")],
-        )
-        .unwrap();
-    let net = dir.join("sys/class/net").join(STANDBY);
-    fs::create_dir_all(net.join("device")).unwrap();
-    fs::write(net.join("ifindex"), out.stdout).unwrap();
-    let mut bits = vec![b'0'; 64];
-    bits[62] = b'1';
-    fs::write(net.join("device/features"), bits).unwrap();
+    best
 }
 
 /// XDP programs attached anywhere in the lab, as `ns: ifname prog/xdp id N`
@@ -261,8 +115,8 @@ fn vf_storm_200_cycles_under_a_transfer() {
     let lab = Lab::create(LabOptions::default()).unwrap();
     // A VF removed and re-added is a replug, not a flap: the hold stays at
     // its settle time, lowered here so that 200 cycles fit in a minute.
-    let agent = Agent::start(&lab, "[failback]\nhold_ms = 10\n");
-    agent.wait_for_path("primary");
+    let agent = start(&lab, "[failback]\nhold_ms = 10\n");
+    agent.wait_for_path("primary").unwrap();
     // One gate per cycle: every cycle happens with data in flight.
     let bytes = CYCLES as u64 * (128 << 10);
     let stream = GatedStream::start(&lab, bytes, CYCLES).unwrap();
@@ -271,18 +125,18 @@ fn vf_storm_200_cycles_under_a_transfer() {
     for k in 1..=CYCLES {
         if k == WARMUP + 1 {
             before = Some((
-                agent.settled_resources(),
-                agent.pair().switches,
+                settled_resources(&agent),
+                agent.pair().unwrap().switches,
                 Instant::now(),
             ));
         }
         stream
             .wait_for_step(k)
-            .unwrap_or_else(|e| panic!("cycle {k}: {e:#}\n{}", agent.log()));
+            .unwrap_or_else(|e| panic!("cycle {k}: {e:#}\n{}", log(&agent)));
         lab.unplug().unwrap();
-        agent.wait_for_path("standby");
+        agent.wait_for_path("standby").unwrap();
         lab.replug().unwrap();
-        agent.wait_for_path("primary");
+        agent.wait_for_path("primary").unwrap();
         stream.step_done();
     }
     let storm = started.elapsed();
@@ -290,11 +144,11 @@ fn vf_storm_200_cycles_under_a_transfer() {
     let measured = measured_from.elapsed();
     let (sent, echoed, took) = stream
         .finish()
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()));
-    assert_eq!(sent, echoed, "the echoed stream differs\n{}", agent.log());
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", log(&agent)));
+    assert_eq!(sent, echoed, "the echoed stream differs\n{}", log(&agent));
 
-    let (rss1, fds1) = agent.settled_resources();
-    let pair = agent.pair();
+    let (rss1, fds1) = settled_resources(&agent);
+    let pair = agent.pair().unwrap();
     let counted = pair.switches - switches0;
     println!(
         "vf storm: {CYCLES} cycles in {storm:.1?} ({:.1} cycles/s); the last {} in {measured:.1?}; \
@@ -308,7 +162,7 @@ fn vf_storm_200_cycles_under_a_transfer() {
     );
     assert!(storm < Duration::from_secs(60), "the storm took {storm:?}");
     assert_eq!(counted, 2 * (CYCLES - WARMUP) as u64, "{pair:?}");
-    assert_eq!(fds1, fds0, "file descriptors grew\n{}", agent.log());
+    assert_eq!(fds1, fds0, "file descriptors grew\n{}", log(&agent));
     assert!(
         rss1 <= rss0 + RSS_SLACK_KIB,
         "RSS grew by {} KiB",
@@ -324,24 +178,30 @@ fn standby_removed_and_readded_under_traffic_keeps_the_connection() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();
-    let agent = Agent::start(&lab, "[failback]\nhold_ms = 10\n");
+    let agent = start(&lab, "[failback]\nhold_ms = 10\n");
     // Both links are opened in parallel: the primary may be up first.
-    let start = agent.wait_for_pair("both links", |p| p.path == "primary" && p.standby.is_some());
+    let start = agent
+        .wait_for_pair("both links", |p| p.path == "primary" && p.standby.is_some())
+        .unwrap();
     let first_standby = start.standby.as_ref().unwrap().ifindex;
     let stream = GatedStream::start(&lab, 16 << 20, 4).unwrap();
     let step = |k: usize| {
         stream
             .wait_for_step(k)
-            .unwrap_or_else(|e| panic!("step {k}: {e:#}\n{}", agent.log()));
+            .unwrap_or_else(|e| panic!("step {k}: {e:#}\n{}", log(&agent)));
     };
 
     // 1. The standby goes and comes back while the primary carries TX.
     step(1);
     lab.unplug_standby().unwrap();
-    let alone = agent.wait_for_pair("the standby gone", |p| p.standby.is_none());
+    let alone = agent
+        .wait_for_pair("the standby gone", |p| p.standby.is_none())
+        .unwrap();
     assert_eq!(alone.path, "primary", "{alone:?}");
     lab.replug_standby().unwrap();
-    let back = agent.wait_for_pair("a new standby", |p| p.standby.is_some());
+    let back = agent
+        .wait_for_pair("a new standby", |p| p.standby.is_some())
+        .unwrap();
     let second_standby = back.standby.as_ref().unwrap().ifindex;
     assert_ne!(second_standby, first_standby, "a new device, a new ifindex");
     stream.step_done();
@@ -349,7 +209,7 @@ fn standby_removed_and_readded_under_traffic_keeps_the_connection() {
     // 2. The primary goes: TX on the (new) standby.
     step(2);
     lab.unplug().unwrap();
-    agent.wait_for_path("standby");
+    agent.wait_for_path("standby").unwrap();
     stream.step_done();
 
     // 3. The standby goes too: path none, the stack keeps its sockets;
@@ -357,29 +217,29 @@ fn standby_removed_and_readded_under_traffic_keeps_the_connection() {
     step(3);
     let removed = Instant::now();
     lab.unplug_standby().unwrap();
-    let none = agent.wait_for_path("none");
+    let none = agent.wait_for_path("none").unwrap();
     assert!(none.primary.is_none() && none.standby.is_none(), "{none:?}");
     assert!(none.degraded);
     let reported = removed.elapsed();
     thread::sleep(Duration::from_millis(500));
-    let still = agent.pair();
+    let still = agent.pair().unwrap();
     assert_eq!(still.path, "none", "{still:?}");
     lab.replug_standby().unwrap();
-    let resumed = agent.wait_for_path("standby");
+    let resumed = agent.wait_for_path("standby").unwrap();
     let outage = removed.elapsed();
     stream.step_done();
 
     // 4. The primary returns.
     step(4);
     lab.replug().unwrap();
-    agent.wait_for_path("primary");
+    agent.wait_for_path("primary").unwrap();
     stream.step_done();
 
     let (sent, echoed, took) = stream
         .finish()
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()));
-    assert_eq!(sent, echoed, "the echoed stream differs\n{}", agent.log());
-    let fin = agent.pair();
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", log(&agent)));
+    assert_eq!(sent, echoed, "the echoed stream differs\n{}", log(&agent));
+    let fin = agent.pair().unwrap();
     println!(
         "standby storm: path none reported {reported:.1?} after the removal, standby back \
          after {outage:.1?} (ifindex {first_standby} -> {second_standby} -> {}); \
@@ -449,9 +309,9 @@ fn control_socket_storm_of_1000_clients() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();
-    let agent = Agent::start(&lab, "");
-    agent.wait_for_path("primary");
-    let socket = Arc::new(agent.socket.clone());
+    let agent = start(&lab, "");
+    agent.wait_for_path("primary").unwrap();
+    let socket = Arc::new(agent.socket().to_owned());
     // Everyone starts at once: clients, prober and this thread.
     let go = Arc::new(Barrier::new(CLIENTS + 2));
     let mut clients = Vec::new();
@@ -556,7 +416,7 @@ fn control_socket_storm_of_1000_clients() {
     );
     assert!(gap <= STATUS_GAP_BOUND, "{gap:?} without a status answer");
     // And after it, the daemon serves as before.
-    assert_eq!(agent.pair().path, "primary", "{}", agent.log());
+    assert_eq!(agent.pair().unwrap().path, "primary", "{}", log(&agent));
 }
 
 #[test]
@@ -565,15 +425,15 @@ fn kill9_leaves_no_xdp_program_and_a_restart_takes_the_same_interfaces() {
         return;
     }
     let lab = Lab::create(LabOptions::default()).unwrap();
-    let mut agent = Agent::start(&lab, "");
+    let mut agent = start(&lab, "");
     let both = |p: &PairStatus| p.path == "primary" && p.standby.is_some();
-    let before = agent.wait_for_pair("both links", both);
-    let pid = agent.pid();
+    let before = agent.wait_for_pair("both links", both).unwrap();
+    let pid = agent.pid().unwrap();
     let attached = xdp_programs(&lab);
     assert!(attached.iter().any(|p| p.contains(PRIMARY)), "{attached:?}");
 
     let killed = Instant::now();
-    agent.kill9();
+    agent.kill9().unwrap();
     // The BPF links die with the process's fds; the kernel detaches.
     let deadline = Instant::now() + Duration::from_secs(5);
     let left = loop {
@@ -585,11 +445,11 @@ fn kill9_leaves_no_xdp_program_and_a_restart_takes_the_same_interfaces() {
     };
     let detached = killed.elapsed();
     assert!(left.is_empty(), "XDP programs left behind: {left:?}");
-    assert!(agent.socket.exists(), "a killed daemon leaves its socket");
+    assert!(agent.socket().exists(), "a killed daemon leaves its socket");
 
     let restarted = Instant::now();
-    agent.spawn();
-    let after = agent.wait_for_pair("both links again", both);
+    agent.restart().unwrap();
+    let after = agent.wait_for_pair("both links again", both).unwrap();
     let restart = restarted.elapsed();
     let ifindex = |p: &PairStatus| {
         (
@@ -598,13 +458,13 @@ fn kill9_leaves_no_xdp_program_and_a_restart_takes_the_same_interfaces() {
         )
     };
     assert_eq!(ifindex(&after), ifindex(&before));
-    assert_ne!(agent.status().unwrap().pid, pid.as_raw() as u32);
+    assert_ne!(agent.status().unwrap().pid, pid);
     let again = xdp_programs(&lab);
     println!(
         "kill -9: programs attached {attached:?}, none left after {detached:.1?}; restart \
          (stale socket replaced) back on the primary in {restart:.1?}, programs {again:?}"
     );
-    assert!(agent.log().contains("removed stale control socket"));
+    assert!(log(&agent).contains("removed stale control socket"));
 }
 
 #[test]
@@ -648,8 +508,10 @@ fn a_foreign_xdp_program_on_the_vf_is_kept_and_reported() {
     .unwrap();
     let foreign = xdp_prog_id(&lab, PRIMARY).expect("the foreign program is attached");
 
-    let agent = Agent::start(&lab, "");
-    let pair = agent.wait_for_pair("the fast path error", |p| p.fast_path_error.is_some());
+    let agent = start(&lab, "");
+    let pair = agent
+        .wait_for_pair("the fast path error", |p| p.fast_path_error.is_some())
+        .unwrap();
     let error = pair.fast_path_error.clone().unwrap();
     assert!(
         error.contains(&format!("already has XDP program id {foreign}")),
@@ -660,8 +522,9 @@ fn a_foreign_xdp_program_on_the_vf_is_kept_and_reported() {
     // Still there, and still the same program.
     thread::sleep(Duration::from_millis(300));
     assert_eq!(xdp_prog_id(&lab, PRIMARY), Some(foreign));
-    assert_eq!(agent.pair().path, "standby");
-    let metrics = match control::request(&agent.socket, &Request::Metrics, Duration::from_secs(2)) {
+    assert_eq!(agent.pair().unwrap().path, "standby");
+    let metrics = match control::request(agent.socket(), &Request::Metrics, Duration::from_secs(2))
+    {
         Ok(Response::Metrics(text)) => text,
         other => panic!("{other:?}"),
     };

@@ -865,7 +865,8 @@ fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let mut parts = text.split([':', '-']);
     for byte in &mut mac {
         let part = parts.next().ok_or_else(not_mac)?;
-        if part.len() != 2 {
+        // from_str_radix alone would take a sign: "+2" is 2.
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(not_mac());
         }
         *byte = u8::from_str_radix(part, 16).map_err(|_| not_mac())?;
@@ -1241,6 +1242,10 @@ group = ""
             (
                 "primary_mac = \"02:00:00:00:00:0g\"",
                 "is not a MAC address",
+            ),
+            (
+                "primary_mac = \"+2:00:00:00:00:+1\"",
+                "`+2:00:00:00:00:+1` is not a MAC address",
             ),
             ("primary_mac = \"01:00:5e:00:00:01\"", "multicast MAC"),
             ("primary_mac = \"00:00:00:00:00:00\"", "all-zero"),

@@ -577,18 +577,21 @@ fn serve(stream: UnixStream, shared: &Shared) {
     }
 }
 
+/// Parses one request line (without its `\n`) as the server does; the
+/// error is the message the client gets back. Untrusted input: any bytes
+/// up to [`MAX_REQUEST`] long (fuzzed by `fuzz/fuzz_targets/control_request.rs`).
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let text = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_owned())?;
+    serde_json::from_str(text.trim()).map_err(|e| {
+        format!("bad request: {e}; expected one JSON object such as {{\"command\":\"status\"}}")
+    })
+}
+
 /// Turns a request line into the daemon's answer (or the server's refusal).
 fn answer(line: &[u8], peer: Peer, shared: &Shared) -> Response {
-    let Ok(text) = std::str::from_utf8(line) else {
-        return Response::Error("request is not UTF-8".into());
-    };
-    let request: Request = match serde_json::from_str(text.trim()) {
+    let request = match parse_request(line) {
         Ok(request) => request,
-        Err(e) => {
-            return Response::Error(format!(
-                "bad request: {e}; expected one JSON object such as {{\"command\":\"status\"}}"
-            ))
-        }
+        Err(e) => return Response::Error(e),
     };
     if request.needs_root() && peer.uid != 0 {
         return Response::Error(format!(
@@ -831,6 +834,30 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn parse_request_is_what_the_server_reads() {
+        assert_eq!(
+            parse_request(b" {\"command\":\"status\"}\r"),
+            Ok(Request::Status)
+        );
+        assert_eq!(
+            parse_request(br#"{"command":"announce","pair":"main"}"#),
+            Ok(Request::Announce {
+                pair: Some("main".into())
+            })
+        );
+        assert_eq!(
+            parse_request(b"\xff{}"),
+            Err("request is not UTF-8".to_owned())
+        );
+        let e = parse_request(br#"{"command":"shutdown"}"#).unwrap_err();
+        assert!(
+            e.starts_with("bad request: unknown variant `shutdown`"),
+            "{e}"
+        );
+        assert!(parse_request(b"").unwrap_err().starts_with("bad request: "));
     }
 
     #[test]

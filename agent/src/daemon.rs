@@ -650,7 +650,9 @@ impl PairRuntime {
     }
 }
 
-fn stack_config(config: &PairConfig, mac: [u8; 6]) -> StackConfig {
+/// The stack a configured pair runs on the pair's MAC (public so the
+/// config fuzzer checks that every accepted config builds a stack).
+pub fn stack_config(config: &PairConfig, mac: [u8; 6]) -> StackConfig {
     StackConfig {
         mac,
         addresses: config.addresses.clone(),

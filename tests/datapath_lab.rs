@@ -97,6 +97,15 @@ fn udp_echo_on_both_paths_and_the_kernel_keeps_its_address() {
     // Our XDP program is on vf0; what the stack does not own passes to the
     // guest kernel, whose own address must keep answering.
     assert!(lab.ping(Ns::Peer, GUEST_KERNEL_V4.into(), 3).unwrap());
+    // The stack answers ICMP echo itself, over IPv4 and IPv6.
+    assert!(
+        lab.ping(Ns::Peer, STACK_V4.into(), 3).unwrap(),
+        "ping the stack"
+    );
+    assert!(
+        lab.ping(Ns::Peer, STACK_V6.into(), 3).unwrap(),
+        "ping6 the stack"
+    );
 
     let (v4, v6) = (IpAddr::from(STACK_V4), IpAddr::from(STACK_V6));
     let probe = |to, size, what| assert_eq!(udp_probes(&lab, to, 20, size).unwrap(), 20, "{what}");

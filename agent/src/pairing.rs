@@ -666,56 +666,46 @@ mod tests {
         }
     }
 
+    /// The actions of one kind, reduced to what the test compares.
+    fn pick<T>(actions: &[Action], f: impl Fn(&Action) -> Option<T>) -> Vec<T> {
+        actions.iter().filter_map(f).collect()
+    }
+
     fn returned(actions: &[Action]) -> Vec<u32> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::PrimaryReturned { ifindex, .. } => Some(*ifindex),
-                _ => None,
-            })
-            .collect()
+        pick(actions, |a| match a {
+            Action::PrimaryReturned { ifindex, .. } => Some(*ifindex),
+            _ => None,
+        })
     }
 
     fn attached(actions: &[Action]) -> Vec<u32> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::AttachPrimary { dev, .. } => Some(dev.ifindex),
-                _ => None,
-            })
-            .collect()
+        pick(actions, |a| match a {
+            Action::AttachPrimary { dev, .. } => Some(dev.ifindex),
+            _ => None,
+        })
     }
 
     fn detached(actions: &[Action]) -> Vec<(u32, DetachReason)> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::DetachPrimary {
-                    ifindex, reason, ..
-                } => Some((*ifindex, *reason)),
-                _ => None,
-            })
-            .collect()
+        pick(actions, |a| match a {
+            Action::DetachPrimary {
+                ifindex, reason, ..
+            } => Some((*ifindex, *reason)),
+            _ => None,
+        })
     }
 
     fn found(actions: &[Action]) -> Vec<u32> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::StandbyFound { dev, .. } => Some(dev.ifindex),
-                _ => None,
-            })
-            .collect()
+        pick(actions, |a| match a {
+            Action::StandbyFound { dev, .. } => Some(dev.ifindex),
+            _ => None,
+        })
     }
 
     fn refused(actions: &[Action]) -> Vec<u32> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Refused { dev, .. } => Some(dev.ifindex),
-                _ => None,
-            })
-            .collect()
+        pick(actions, |a| match a {
+            Action::Refused { dev, .. } => Some(dev.ifindex),
+            _ => None,
+        })
     }
 
     #[test]

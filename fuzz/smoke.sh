@@ -29,7 +29,10 @@ targets=${FUZZ_TARGETS:-$(cargo fuzz list)}
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 
 # Fails if Cargo.lock is stale, so CI builds exactly what was fuzzed.
-cargo fetch --locked --quiet
+cargo fetch --locked --quiet || {
+    echo "fuzz/Cargo.lock is stale (a dependency of agent/ or netstack/ changed): run 'cd fuzz && cargo fetch' and commit it" >&2
+    exit 1
+}
 echo "== building fuzz targets: $(echo $targets)"
 # Debug assertions and overflow checks on (cargo-fuzz's default), as in the long runs.
 for target in $targets; do

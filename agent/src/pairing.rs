@@ -553,19 +553,11 @@ mod tests {
 
     fn netdev(ifindex: u32, name: &str, mac: [u8; 6], class: Class) -> NetDev {
         NetDev {
-            ifindex,
-            ifname: name.into(),
-            mac,
             perm_mac: Some(mac),
             up: true,
             carrier: true,
             class,
-            driver: None,
-            on_pci: false,
-            standby_bit: false,
-            guest_announce: None,
-            master: None,
-            lowers: Vec::new(),
+            ..NetDev::new(ifindex, name.into(), mac)
         }
     }
 

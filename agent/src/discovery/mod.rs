@@ -63,6 +63,25 @@ pub struct NetDev {
 }
 
 impl NetDev {
+    /// A device known only by index, name and MAC: down, unclassified.
+    pub fn new(ifindex: u32, ifname: String, mac: [u8; 6]) -> NetDev {
+        NetDev {
+            ifindex,
+            ifname,
+            mac,
+            perm_mac: None,
+            up: false,
+            carrier: false,
+            class: Class::Other,
+            driver: None,
+            on_pci: false,
+            standby_bit: false,
+            guest_announce: None,
+            master: None,
+            lowers: Vec::new(),
+        }
+    }
+
     /// The MAC to pair on: the permanent one, else the current one (a veth
     /// has no permanent address).
     pub fn key_mac(&self) -> [u8; 6] {
@@ -85,21 +104,7 @@ impl NetDev {
         let mac = link.mac.or_else(|| previous.map(|p| p.mac))?;
         let mut dev = match previous {
             Some(p) => p.clone(),
-            None => NetDev {
-                ifindex: link.ifindex,
-                ifname: String::new(),
-                mac,
-                perm_mac: None,
-                up: false,
-                carrier: false,
-                class: Class::Other,
-                driver: None,
-                on_pci: false,
-                standby_bit: false,
-                guest_announce: None,
-                master: None,
-                lowers: Vec::new(),
-            },
+            None => NetDev::new(link.ifindex, String::new(), mac),
         };
         dev.ifname = ifname;
         dev.mac = mac;

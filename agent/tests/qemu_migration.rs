@@ -466,8 +466,12 @@ impl Console {
         let n = self.seq;
         let from = self.len();
         // Quoted halves: the sentinel as typed never equals the sentinel as printed.
+        // The leading ^U (the tty's kill character) drops a partial line left in the
+        // guest's tty: a command cut by a migration (its tail stays in the source QEMU)
+        // would otherwise be joined to this one, and an odd `"` in it swallows every
+        // later command.
         let line = format!(
-            "echo \"@@\"\"B{n}\"; {{ {cmd} ; }} > /tmp/out.{n} 2>&1; r=$?; cat /tmp/out.{n}; \
+            "\x15echo \"@@\"\"B{n}\"; {{ {cmd} ; }} > /tmp/out.{n} 2>&1; r=$?; cat /tmp/out.{n}; \
              rm -f /tmp/out.{n}; echo \"@@\"\"E{n} $r\"\n"
         );
         self.stream
@@ -1220,6 +1224,11 @@ fn qemu_harness_failover_migration() {
             .any(|e| e.name == "FAILOVER_NEGOTIATED" && e.data["device-id"] == "standby0"),
         "no FAILOVER_NEGOTIATED event"
     );
+    // What a migration can leave behind: half a command, with an open quote.
+    src.console
+        .stream
+        .write_all(b"echo \"cut by a migr")
+        .unwrap();
     assert_failover_trio(&mut src.console, &nd);
     assert!(
         guest_announce_bit(&mut src.console, &nd),

@@ -296,6 +296,10 @@ impl Daemon {
                     let _ = p.datapath.send(Command::DetachPrimary);
                 }
             }
+            Action::StandbyCarrierBack { pair, ifindex } => {
+                tracing::info!(%pair, ifindex, "the standby has carrier again");
+                self.signal(&pair, Signal::StandbyCarrier);
+            }
             Action::Refused { dev, reason } => {
                 tracing::warn!(ifname = %dev.ifname, %reason, "device refused");
                 self.refused.insert(

@@ -2,7 +2,8 @@
 //!
 //! Signals: a primary plugged back after an unplug, `IFLA_EVENT_NOTIFY_PEERS`
 //! on the standby or the failover master, a jump of the wall clock against
-//! the monotonic clock while the agent slept (the VM was paused), and a
+//! the monotonic clock while the agent slept (the VM was paused), the
+//! standby's carrier regained after a loss (its far end moved), and a
 //! manual `vfailover announce`. On a signal the [`policy`](AnnouncePolicy)
 //! decides whether the agent announces; an [`AnnounceSchedule`] then spaces
 //! the rounds the way QEMU's self-announce does (net/announce.c): a first
@@ -23,6 +24,8 @@ pub enum Signal {
     PrimaryReplugged,
     /// `IFLA_EVENT_NOTIFY_PEERS` on the standby or failover master.
     NotifyPeers,
+    /// The standby's carrier came back after a loss.
+    StandbyCarrier,
     /// The wall clock moved this much more than the monotonic clock.
     ClockJump(Duration),
     /// `vfailover announce`.
@@ -34,6 +37,7 @@ impl std::fmt::Display for Signal {
         match self {
             Signal::PrimaryReplugged => f.write_str("primary-replugged"),
             Signal::NotifyPeers => f.write_str("notify-peers"),
+            Signal::StandbyCarrier => f.write_str("standby-carrier"),
             Signal::ClockJump(by) => write!(f, "clock-jump({:.1}s)", by.as_secs_f64()),
             Signal::Manual => f.write_str("manual"),
         }

@@ -102,6 +102,12 @@ pub enum Action {
         ifindex: u32,
         reason: DetachReason,
     },
+    /// The standby has carrier again after losing it: its far end may have
+    /// moved to another host (a migration signal).
+    StandbyCarrierBack {
+        pair: String,
+        ifindex: u32,
+    },
     /// A device that matches a pair but cannot join it (reported once).
     Refused {
         dev: NetDev,
@@ -227,6 +233,8 @@ struct Pair {
     /// away, so that only a standby with the same MAC takes its place.
     mac: Option<[u8; 6]>,
     standby: Option<Member>,
+    /// The standby's [`NetDev::carrier_losses`] last acted on.
+    standby_losses: u32,
     primary: Option<Member>,
     pending: Option<Pending>,
     /// When the attached primary went down, within the flap window.
@@ -246,6 +254,7 @@ impl Pair {
             mac: spec.primary_mac,
             spec,
             standby: None,
+            standby_losses: 0,
             primary: None,
             pending: None,
             flaps: Vec::new(),
@@ -310,15 +319,26 @@ impl Pair {
         if self.standby.is_none() {
             if let Some(dev) = self.find_standby(devices, others) {
                 self.standby = Some(Member::of(dev));
+                self.standby_losses = dev.carrier_losses;
                 actions.push(Action::StandbyFound {
                     pair: self.spec.name.clone(),
                     dev: dev.clone(),
                 });
             }
         }
+        let Some(dev) = self.standby.as_ref().and_then(|s| devices.get(&s.ifindex)) else {
+            return;
+        };
         // The standby's MAC may change (a veth in a lab); follow it.
-        if let Some(dev) = self.standby.as_ref().and_then(|s| devices.get(&s.ifindex)) {
-            self.mac = Some(self.spec.primary_mac.unwrap_or(dev.key_mac()));
+        self.mac = Some(self.spec.primary_mac.unwrap_or(dev.key_mac()));
+        // Carrier regained, however briefly it was lost; a standby that
+        // never had carrier since it was found only came up.
+        if dev.carrier_losses != self.standby_losses && dev.up && dev.carrier {
+            self.standby_losses = dev.carrier_losses;
+            actions.push(Action::StandbyCarrierBack {
+                pair: self.spec.name.clone(),
+                ifindex: dev.ifindex,
+            });
         }
     }
 
@@ -641,7 +661,7 @@ mod tests {
 
         fn running(&mut self, ifindex: u32, running: bool) {
             let dev = self.devices.get_mut(&ifindex).expect("device");
-            dev.carrier = running;
+            dev.set_carrier(running);
         }
 
         fn at(&mut self, ms: u64) -> Vec<Action> {
@@ -804,6 +824,35 @@ mod tests {
         let actions = w.at(5500);
         assert_eq!(attached(&actions), [5]);
         assert!(returned(&actions).is_empty());
+    }
+
+    #[test]
+    fn standby_carrier_regained_is_a_migration_signal() {
+        let back = |actions: &[Action]| {
+            pick(actions, |a| match a {
+                Action::StandbyCarrierBack { ifindex, .. } => Some(*ifindex),
+                _ => None,
+            })
+        };
+        let mut w = World::new(vec![auto("p0")]);
+        // Found without carrier: coming up the first time is no flap.
+        w.add(standby(3, "ens3", M1));
+        w.running(3, false);
+        assert_eq!(found(&w.at(0)), [3]);
+        w.running(3, true);
+        assert!(back(&w.at(100)).is_empty());
+
+        // Lost: nothing yet; regained: one signal.
+        w.running(3, false);
+        assert!(back(&w.at(200)).is_empty());
+        w.running(3, true);
+        assert_eq!(back(&w.at(300)), [3]);
+        assert!(back(&w.at(400)).is_empty(), "once");
+
+        // Lost and regained between two updates (one batch of events).
+        w.running(3, false);
+        w.running(3, true);
+        assert_eq!(back(&w.at(500)), [3]);
     }
 
     #[test]

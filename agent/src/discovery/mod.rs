@@ -51,6 +51,9 @@ pub struct NetDev {
     pub perm_mac: Option<[u8; 6]>,
     pub up: bool,
     pub carrier: bool,
+    /// How often `carrier` went from true to false: a flap shorter than
+    /// one batch of events still counts.
+    pub carrier_losses: u32,
     pub class: Class,
     pub driver: Option<String>,
     pub on_pci: bool,
@@ -72,6 +75,7 @@ impl NetDev {
             perm_mac: None,
             up: false,
             carrier: false,
+            carrier_losses: 0,
             class: Class::Other,
             driver: None,
             on_pci: false,
@@ -86,6 +90,13 @@ impl NetDev {
     /// has no permanent address).
     pub fn key_mac(&self) -> [u8; 6] {
         self.perm_mac.unwrap_or(self.mac)
+    }
+
+    pub fn set_carrier(&mut self, carrier: bool) {
+        if self.carrier && !carrier {
+            self.carrier_losses = self.carrier_losses.wrapping_add(1);
+        }
+        self.carrier = carrier;
     }
 
     /// Build from a link's state and a sysfs read; what the read did not
@@ -110,7 +121,7 @@ impl NetDev {
         dev.mac = mac;
         dev.perm_mac = link.perm_mac.or(dev.perm_mac);
         dev.up = link.up;
-        dev.carrier = link.carrier;
+        dev.set_carrier(link.carrier);
         if let Some(facts) = facts {
             dev.apply(facts);
         }

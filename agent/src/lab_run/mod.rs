@@ -46,7 +46,8 @@ const RUN_LIMIT: Duration = Duration::from_secs(600);
 /// How often the daemon's status is sampled for the timeline.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// How long the capture goes on after the replug: the agent announces on
-/// QEMU's schedule, 5 rounds within about 0.9 s.
+/// QEMU's schedule, 5 rounds within about 0.9 s, from the first migration
+/// signal (the standby's carrier back, or the replug).
 const ANNOUNCE_WINDOW: Duration = Duration::from_millis(1500);
 /// How long the daemon gets to switch path after a step.
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);

@@ -313,21 +313,21 @@ impl Report {
     }
 
     fn render_announces(&self, out: &mut String) {
-        let replug = self
+        let migrate = self
             .marks
             .iter()
-            .find(|(m, _)| *m == Mark::Replug)
+            .find(|(m, _)| *m == Mark::Migrate)
             .map_or(self.t0, |(_, at)| *at);
         let ms = |at: Instant| {
-            if at >= replug {
-                (at - replug).as_secs_f64() * 1e3
+            if at >= migrate {
+                (at - migrate).as_secs_f64() * 1e3
             } else {
-                -((replug - at).as_secs_f64() * 1e3)
+                -((migrate - at).as_secs_f64() * 1e3)
             }
         };
         let _ = writeln!(
             out,
-            "announce frames seen by the peer (ms from the replug; guest announce {}):",
+            "announce frames seen by the peer (ms from the migration; guest announce {}):",
             if self.guest_announce { "on" } else { "off" }
         );
         let mut kinds: Vec<(String, Vec<f64>)> = Vec::new();

@@ -41,8 +41,11 @@
 //! dropped), the answer must be taken within [`IO_TIMEOUT`] (a client that
 //! never reads cannot block a thread for ever), the daemon must answer
 //! within [`REPLY_TIMEOUT`] ("daemon busy" otherwise), and at most
-//! [`MAX_CLIENTS`] connections are served at once; more get
-//! `{"ok":false,"error":"busy"}` at once.
+//! [`MAX_CLIENTS`] connections are served at once. When all are taken, a
+//! new client takes the place of the oldest one that has said nothing for
+//! [`SILENT_EVICT`] (which is told why and closed), so that idle
+//! connections cannot lock `status` out; when none is that silent, the new
+//! client gets `{"ok":false,"error":"busy"}` at once.
 //!
 //! Threads: one accepts (in `poll`, with a socketpair to wake it for
 //! shutdown), one per connection. Requests reach the daemon's main loop as
@@ -57,7 +60,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -83,6 +86,10 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections served at once.
 pub const MAX_CLIENTS: usize = 64;
+/// A connection silent this long gives its place to a new client when all
+/// [`MAX_CLIENTS`] are taken. Clients send their request at once; this
+/// only spares one that was just accepted and not yet read.
+pub const SILENT_EVICT: Duration = Duration::from_millis(100);
 /// How often a connection waiting for the daemon checks for shutdown.
 const STOP_CHECK: Duration = Duration::from_millis(100);
 
@@ -273,8 +280,43 @@ struct Shared {
     stopping: AtomicBool,
     /// Live connections, so shutdown can cut them; its size is the number
     /// of clients being served.
-    connections: Mutex<HashMap<u64, UnixStream>>,
+    connections: Mutex<HashMap<u64, Connection>>,
     next_id: AtomicU64,
+}
+
+/// A connection as the accept thread sees it.
+struct Connection {
+    stream: UnixStream,
+    accepted: Instant,
+    /// [`SILENT`], [`ASKED`] or [`EVICTED`]: the connection's thread and
+    /// the accept thread race to move it on from `SILENT`.
+    state: Arc<AtomicU8>,
+}
+
+/// No request line yet.
+const SILENT: u8 = 0;
+/// The request line was read.
+const ASKED: u8 = 1;
+/// Its place went to a newer client.
+const EVICTED: u8 = 2;
+
+impl Connection {
+    /// Takes the connection's place if it is silent and old enough: its
+    /// reading side is shut, so its thread wakes, tells the client why and
+    /// ends.
+    fn evict(&self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.accepted) < SILENT_EVICT {
+            return false;
+        }
+        let evicted = self
+            .state
+            .compare_exchange(SILENT, EVICTED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if evicted {
+            let _ = self.stream.shutdown(Shutdown::Read);
+        }
+        evicted
+    }
 }
 
 /// A poisoned lock only means another connection thread panicked; the map
@@ -491,24 +533,36 @@ fn accept_loop(listener: &UnixListener, wake: &UnixStream, shared: &Arc<Shared>)
     }
     // Cut every connection (unblocks their reads and writes), then wait for
     // their threads; the ones waiting on the daemon see `stopping`.
-    for stream in lock(&shared.connections).values() {
-        let _ = stream.shutdown(Shutdown::Both);
+    for connection in lock(&shared.connections).values() {
+        let _ = connection.stream.shutdown(Shutdown::Both);
     }
     for handle in handlers {
         let _ = handle.join();
     }
 }
 
-/// Starts a thread for a new connection, or turns it away when
-/// [`MAX_CLIENTS`] are being served.
+/// Starts a thread for a new connection, making room by evicting the
+/// oldest silent one, or turns it away when [`MAX_CLIENTS`] are being
+/// served and none can go.
 fn admit(stream: UnixStream, shared: &Arc<Shared>) -> Option<JoinHandle<()>> {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let state = Arc::new(AtomicU8::new(SILENT));
     {
         let mut connections = lock(&shared.connections);
+        if connections.len() >= MAX_CLIENTS {
+            evict_oldest_silent(&mut connections);
+        }
         let registered = connections.len() < MAX_CLIENTS
             && stream
                 .try_clone()
-                .map(|clone| connections.insert(id, clone))
+                .map(|clone| {
+                    let connection = Connection {
+                        stream: clone,
+                        accepted: Instant::now(),
+                        state: Arc::clone(&state),
+                    };
+                    connections.insert(id, connection)
+                })
                 .is_ok();
         if !registered {
             drop(connections);
@@ -522,7 +576,7 @@ fn admit(stream: UnixStream, shared: &Arc<Shared>) -> Option<JoinHandle<()>> {
     let spawned = thread::Builder::new().name("control-conn".into()).spawn({
         let shared = Arc::clone(shared);
         move || {
-            serve(stream, &shared);
+            serve(stream, &state, &shared);
             lock(&shared.connections).remove(&id);
         }
     });
@@ -536,8 +590,23 @@ fn admit(stream: UnixStream, shared: &Arc<Shared>) -> Option<JoinHandle<()>> {
     }
 }
 
+/// Evicts the oldest connection that can go (see [`Connection::evict`]).
+/// Its entry leaves the table now; its thread ends on its own.
+fn evict_oldest_silent(connections: &mut HashMap<u64, Connection>) {
+    let now = Instant::now();
+    let mut by_age: Vec<(&u64, &Connection)> = connections.iter().collect();
+    by_age.sort_unstable_by_key(|(_, c)| c.accepted);
+    let evicted = by_age
+        .into_iter()
+        .find(|(_, c)| c.evict(now))
+        .map(|(id, _)| *id);
+    if let Some(id) = evicted {
+        connections.remove(&id);
+    }
+}
+
 /// Serves one connection: read the request, answer, close.
-fn serve(stream: UnixStream, shared: &Shared) {
+fn serve(stream: UnixStream, state: &AtomicU8, shared: &Shared) {
     // Accepted sockets do not inherit O_NONBLOCK on Linux; make sure.
     if stream.set_nonblocking(false).is_err() {
         return;
@@ -550,7 +619,15 @@ fn serve(stream: UnixStream, shared: &Shared) {
                 gid: cred.gid(),
                 pid: cred.pid(),
             };
-            match read_line(&stream, MAX_REQUEST, Instant::now() + IO_TIMEOUT) {
+            let read = read_line(&stream, MAX_REQUEST, Instant::now() + IO_TIMEOUT);
+            let evicted = state
+                .compare_exchange(SILENT, ASKED, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err();
+            match read {
+                _ if evicted => Response::Error(format!(
+                    "dropped: no request within {} ms while {MAX_CLIENTS} clients were connected",
+                    SILENT_EVICT.as_millis()
+                )),
                 Ok(Line::Complete(line) | Line::Eof(line)) => answer(&line, peer, shared),
                 // Connected and closed without a word: a liveness probe
                 // (such as a second daemon's start), nothing to answer.

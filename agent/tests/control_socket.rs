@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::{Gid, Group};
 use vfailover::control::{
     request, ControlCall, ControlServer, Peer, Request, Response, MAX_CLIENTS, MAX_REQUEST,
+    SILENT_EVICT,
 };
 use vfailover::status::Status;
 
@@ -451,6 +452,49 @@ fn client_beyond_the_limit_is_told_busy() {
     );
     drop(answering.join().unwrap());
     server.stop();
+}
+
+#[test]
+fn silent_clients_give_their_place_to_a_new_one() {
+    let fixture = Fixture::new(None);
+    let path = fixture.path();
+    // Every place taken by clients that say nothing...
+    let connected = Instant::now();
+    let mut silent: Vec<UnixStream> = (0..MAX_CLIENTS)
+        .map(|_| {
+            let stream = UnixStream::connect(&path).unwrap();
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            stream
+        })
+        .collect();
+    // ...younger than SILENT_EVICT: a new client is told busy at once
+    // (unless this box was too slow to ask while they were that young).
+    let young = fixture.ask(&Request::Status);
+    if connected.elapsed() < SILENT_EVICT {
+        assert_eq!(young, Response::Error("busy".into()));
+    } else {
+        eprintln!("too slow to see the young silent clients kept: {young:?}");
+    }
+    // Older: a new client takes the oldest one's place and is served,
+    // and that one is told why it was dropped.
+    thread::sleep(SILENT_EVICT);
+    let asked = Instant::now();
+    assert!(matches!(fixture.ask(&Request::Status), Response::Status(_)));
+    assert!(asked.elapsed() < Duration::from_millis(500));
+    let mut dropped = String::new();
+    silent[0].read_to_string(&mut dropped).unwrap();
+    assert_eq!(
+        error_of(&dropped),
+        format!(
+            "dropped: no request within {} ms while {MAX_CLIENTS} clients were connected",
+            SILENT_EVICT.as_millis()
+        )
+    );
+    // The others still hold their places and are answered when they ask.
+    silent[1].write_all(b"{\"command\":\"status\"}\n").unwrap();
+    let mut out = String::new();
+    silent[1].read_to_string(&mut out).unwrap();
+    assert!(out.starts_with(r#"{"ok":true,"status":"#), "{out}");
 }
 
 #[test]

@@ -22,6 +22,12 @@ fn a_tiny_bench_writes_the_table() {
         "{:?}",
         results.udp
     );
+    let d = &results.daemon;
+    assert_eq!(
+        (d.migrations, d.signals, d.announced),
+        (1, 1, 1),
+        "the migration was signalled and announced"
+    );
     let text = std::fs::read_to_string(&output).unwrap();
     for needle in [
         "| payload | server | requests/s |",

@@ -9,8 +9,9 @@
 //!   the idle period, and VmRSS/VmHWM from `/proc/<pid>/status`;
 //! * load: the same during a closed-loop UDP run against the daemon's stack;
 //! * announce: unplug, migrate and replug while the peer captures; the time
-//!   from the migration signal (the daemon's `last_migration.at_unix`) to
-//!   the first gratuitous ARP for the stack's address seen on the peer.
+//!   from the migration signal (the daemon's `last_migration.at_unix`: the
+//!   standby's carrier back after the move) to the first gratuitous ARP for
+//!   the stack's address seen on the peer.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,7 +25,7 @@ use crate::lab::agent::{pair_config_with, stack_addresses, Agent, Setup};
 use crate::lab::{Lab, Ns, PEER_IF, STACK_V4};
 use crate::scenario::ECHO_PORT;
 
-/// How long the peer listens for announces after a replug: the first
+/// How long the peer listens for announces after a migration: the first
 /// round is due at once, QEMU's schedule ends about 800 ms later.
 const CAPTURE: Duration = Duration::from_millis(1200);
 /// The daemon takes every signal within 10 s of the last as part of the
@@ -41,12 +42,12 @@ pub struct DaemonResult {
     pub load: Usage,
     /// Requests per second during the load.
     pub load_rate: f64,
-    /// Replug issued → the daemon's migration signal.
-    pub replug_to_signal: Option<Summary>,
+    /// Migration issued → the daemon's migration signal.
+    pub migrate_to_signal: Option<Summary>,
     /// Migration signal → first gratuitous ARP on the peer's wire.
     pub signal_to_announce: Option<Summary>,
-    /// Migrations made / with a migration signal recorded after the replug
-    /// / with a gratuitous ARP seen after that signal.
+    /// Migrations made / with a migration signal recorded after the
+    /// migration began / with a gratuitous ARP seen after that signal.
     pub migrations: usize,
     pub signals: usize,
     pub announced: usize,
@@ -119,27 +120,27 @@ fn measure_with(
         migrations: options.migrations,
         signals: to_signal.len(),
         announced: to_announce.len(),
-        replug_to_signal: Summary::of(to_signal),
+        migrate_to_signal: Summary::of(to_signal),
         signal_to_announce: Summary::of(to_announce),
     })
 }
 
-/// One silent migration; returns replug → signal and signal → first
+/// One silent migration; returns migrate → signal and signal → first
 /// gratuitous ARP (if one was seen), or `None` if no signal was recorded.
 fn migration(lab: &Lab, agent: &Agent) -> Result<Option<(Duration, Option<Duration>)>> {
     lab.unplug()?;
     agent.wait_for_path("standby")?;
-    lab.migrate()?;
     let capture = lab.spawn_in(Ns::Peer, || capture::capture(PEER_IF, CAPTURE))?;
     // The capture socket opens right after the thread entered the namespace.
     std::thread::sleep(Duration::from_millis(50));
     let (wall, mono) = (SystemTime::now(), Instant::now());
-    let replug = lab.replug();
-    let path = replug.and_then(|()| agent.wait_for_path("primary"));
+    let moved = lab.migrate();
     let frames = capture
         .join()
         .map_err(|_| anyhow::anyhow!("the capture thread panicked"))??;
-    let pair = path?;
+    moved?;
+    lab.replug()?;
+    let pair = agent.wait_for_path("primary")?;
     let mac = lab.mac().0;
     let Some(signal) = pair
         .last_migration
@@ -156,8 +157,6 @@ fn migration(lab: &Lab, agent: &Agent) -> Result<Option<(Duration, Option<Durati
     let since = |later: SystemTime, earlier: SystemTime| {
         later.duration_since(earlier).unwrap_or(Duration::ZERO)
     };
-    // Let the announce schedule finish before the next migration.
-    std::thread::sleep(CAPTURE);
     Ok(Some((since(signal, wall), garp.map(|g| since(g, signal)))))
 }
 

@@ -290,10 +290,11 @@ fn write_all(out: &mut String, r: &Results) -> std::fmt::Result {
     writeln!(
         out,
         "\nMigrations (unplug, move `virtio0`'s far end, replug) with the peer capturing: {} \
-         made, {} with a migration signal in the daemon's status after the replug began, a \
+         made, {} with a migration signal in the daemon's status after the migration began, a \
          gratuitous ARP for 10.213.0.20 seen after {} of those. The signal is the daemon's \
-         `last_migration.at_unix` (the primary's return after an unplug); the ARP's time is \
-         when the peer's AF_PACKET socket returned it (userspace timestamp).\n",
+         `last_migration.at_unix` (the standby's carrier back after the move; the replug \
+         comes later in the same migration); the ARP's time is when the peer's AF_PACKET \
+         socket returned it (userspace timestamp).\n",
         d.migrations, d.signals, d.announced
     )?;
     writeln!(out, "| part | median ms | p99 ms | max ms | n |")?;
@@ -304,8 +305,8 @@ fn write_all(out: &mut String, r: &Results) -> std::fmt::Result {
     };
     writeln!(
         out,
-        "| replug issued → migration signal | {} |",
-        summary_row(d.replug_to_signal)
+        "| migration issued → migration signal | {} |",
+        summary_row(d.migrate_to_signal)
     )?;
     writeln!(
         out,

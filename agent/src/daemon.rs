@@ -616,12 +616,7 @@ impl PairRuntime {
                 mac: mac.clone(),
                 mode,
                 health,
-                rx_packets: c.rx_packets,
-                rx_bytes: c.rx_bytes,
-                tx_packets: c.tx_packets,
-                tx_bytes: c.tx_bytes,
-                tx_dropped: c.tx_dropped,
-                rx_malformed: c.rx_malformed,
+                counters: *c,
             })
         };
         PairStatus {

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use vfailover_netstack::stats::PathCounters;
 
 /// The whole daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,12 +66,9 @@ pub struct LinkStatus {
     pub mode: String,
     /// `up`, `no-carrier`, `down`, `gone`...
     pub health: String,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub tx_dropped: u64,
-    pub rx_malformed: u64,
+    /// On the wire as fields of the link (`rx_packets`, ...).
+    #[serde(flatten)]
+    pub counters: PathCounters,
 }
 
 /// The last switch of a pair's path.
@@ -186,12 +184,12 @@ fn render_pair(out: &mut String, pair: &PairStatus, now: f64) {
                 l.ifindex.to_string(),
                 l.mode.clone(),
                 l.health.clone(),
-                l.rx_packets.to_string(),
-                l.rx_bytes.to_string(),
-                l.tx_packets.to_string(),
-                l.tx_bytes.to_string(),
-                l.tx_dropped.to_string(),
-                l.rx_malformed.to_string(),
+                l.counters.rx_packets.to_string(),
+                l.counters.rx_bytes.to_string(),
+                l.counters.tx_packets.to_string(),
+                l.counters.tx_bytes.to_string(),
+                l.counters.tx_dropped.to_string(),
+                l.counters.rx_malformed.to_string(),
             ],
             None => {
                 let mut row: [String; 11] = Default::default();
@@ -382,32 +380,32 @@ pub fn render_prometheus(status: &Status) -> String {
         (
             "vfailover_link_rx_packets_total",
             "Frames received for the stack.",
-            |l| l.rx_packets,
+            |l| l.counters.rx_packets,
         ),
         (
             "vfailover_link_rx_bytes_total",
             "Bytes received for the stack.",
-            |l| l.rx_bytes,
+            |l| l.counters.rx_bytes,
         ),
         (
             "vfailover_link_tx_packets_total",
             "Frames sent by the stack.",
-            |l| l.tx_packets,
+            |l| l.counters.tx_packets,
         ),
         (
             "vfailover_link_tx_bytes_total",
             "Bytes sent by the stack.",
-            |l| l.tx_bytes,
+            |l| l.counters.tx_bytes,
         ),
         (
             "vfailover_link_tx_dropped_total",
             "Frames the link could not send.",
-            |l| l.tx_dropped,
+            |l| l.counters.tx_dropped,
         ),
         (
             "vfailover_link_rx_malformed_total",
             "Frames received that did not parse.",
-            |l| l.rx_malformed,
+            |l| l.counters.rx_malformed,
         ),
     ];
     for (name, help, value) in per_link {
@@ -511,12 +509,14 @@ mod tests {
             mac: "02:00:00:00:00:01".into(),
             mode: mode.into(),
             health: "up".into(),
-            rx_packets: 1_234_567,
-            rx_bytes: 987_654_321,
-            tx_packets: 7,
-            tx_bytes: 700,
-            tx_dropped: 1,
-            rx_malformed: 2,
+            counters: PathCounters {
+                rx_packets: 1_234_567,
+                rx_bytes: 987_654_321,
+                tx_packets: 7,
+                tx_bytes: 700,
+                tx_dropped: 1,
+                rx_malformed: 2,
+            },
         }
     }
 
@@ -587,6 +587,8 @@ mod tests {
         let status = sample();
         let json = serde_json::to_string(&status).unwrap();
         assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), status);
+        // Counters are fields of the link itself on the wire.
+        assert!(json.contains(r#""health":"up","rx_packets":1234567,"#), "{json}");
     }
 
     #[test]

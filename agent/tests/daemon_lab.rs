@@ -65,10 +65,10 @@ fn daemon_follows_unplug_migrate_replug_under_a_byte_exact_stream() {
     assert!(fin.announces_sent >= 2, "{fin:?}");
     let primary = fin.primary.unwrap();
     assert!(
-        primary.tx_packets > 0 && primary.mode.starts_with("xdp"),
+        primary.counters.tx_packets > 0 && primary.mode.starts_with("xdp"),
         "{primary:?}"
     );
-    assert!(fin.standby.unwrap().tx_packets > 0);
+    assert!(fin.standby.unwrap().counters.tx_packets > 0);
 }
 
 /// What the peer saw of a quiet guest's unplug, migrate and replug.

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which link the stack sends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,7 +56,7 @@ impl std::fmt::Display for SwitchCause {
 }
 
 /// Counters of one path, summed over every device that served it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathCounters {
     pub rx_packets: u64,
     pub rx_bytes: u64,

@@ -401,8 +401,9 @@ impl<'a> Watch<'a> {
         // While a link is absent its counters are not shown; the path's
         // totals carry on where they were (they are per path, not per device).
         let bytes = |link: &Option<crate::status::LinkStatus>, before: Option<u64>| {
-            link.as_ref()
-                .map_or(before.unwrap_or(0), |l| l.rx_bytes + l.tx_bytes)
+            link.as_ref().map_or(before.unwrap_or(0), |l| {
+                l.counters.rx_bytes + l.counters.tx_bytes
+            })
         };
         let sample = Sample {
             t: self.t0.elapsed().as_secs_f64(),

@@ -28,6 +28,7 @@ use vfailover_netstack::link::Link;
 use vfailover_netstack::stack::{Buffers, Stack, StackConfig};
 use vfailover_netstack::stats::{Path as DataPath, PathCounters};
 
+use crate::backoff::Backoff;
 use crate::config::{Config, PairConfig, PrimaryMode, StandbyMode};
 use crate::control::{ControlCall, ControlServer, Request, Response};
 use crate::discovery::{Discovery, DiscoveryEvent, NetDev};
@@ -42,6 +43,11 @@ const MIGRATION_WINDOW: Duration = Duration::from_secs(10);
 /// How long the main loop sleeps at most: it re-checks the wall clock
 /// against the monotonic one this often (a paused VM shows as a jump).
 const CLOCK_CHECK: Duration = Duration::from_secs(5);
+
+/// A primary whose fast path could not be opened is tried again after
+/// this, then twice as late each time up to [`FAST_PATH_RETRY_MAX`].
+const FAST_PATH_RETRY: Duration = Duration::from_secs(1);
+const FAST_PATH_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Run the daemon until SIGTERM/SIGINT. `ready` is called once it serves.
 pub fn run(config_path: &Path, ready: impl FnOnce()) -> Result<()> {
@@ -77,6 +83,8 @@ struct PairRuntime {
     primary: Option<NetDev>,
     /// Why the fast path is not in use, when opening the primary failed.
     fast_path_error: Option<String>,
+    /// When to try opening the primary again after that.
+    fast_path_retry: Backoff,
     migrations: u64,
     last_migration: Option<(SystemTime, Signal)>,
     schedule: Option<AnnounceSchedule>,
@@ -185,6 +193,24 @@ impl Daemon {
                 self.signal_all(Signal::ClockJump(jump));
             }
             self.run_schedules();
+            self.retry_fast_paths();
+        }
+    }
+
+    /// Open again the primaries whose fast path failed, when their retry
+    /// is due.
+    fn retry_fast_paths(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(String, NetDev)> = self
+            .pairs
+            .iter_mut()
+            .filter_map(|(name, p)| {
+                let dev = p.primary.clone()?;
+                p.fast_path_retry.take_due(now).then(|| (name.clone(), dev))
+            })
+            .collect();
+        for (pair, dev) in due {
+            self.open_link(&pair, Role::Primary, dev);
         }
     }
 
@@ -195,6 +221,7 @@ impl Daemon {
             .pairs
             .values()
             .filter_map(|p| p.schedule.as_ref().and_then(AnnounceSchedule::due))
+            .chain(self.pairs.values().filter_map(|p| p.fast_path_retry.due()))
             .chain(self.pairing.next_deadline())
             .min();
         let timeout = deadline
@@ -278,6 +305,7 @@ impl Daemon {
                     return;
                 };
                 p.primary = Some(dev.clone());
+                p.fast_path_retry.reset();
                 self.refused.remove(&dev.ifindex);
                 self.open_link(&pair, Role::Primary, dev);
             }
@@ -293,6 +321,9 @@ impl Daemon {
                 tracing::info!(%pair, ifindex, ?reason, "primary detached");
                 if let Some(p) = self.pairs.get_mut(&pair) {
                     p.primary = None;
+                    // The error and its retries were about that device.
+                    p.fast_path_error = None;
+                    p.fast_path_retry.reset();
                     let _ = p.datapath.send(Command::DetachPrimary);
                 }
             }
@@ -365,6 +396,7 @@ impl Daemon {
             (Role::Primary, Ok(link)) => {
                 tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "fast path up");
                 p.fast_path_error = None;
+                p.fast_path_retry.reset();
                 let _ = p.datapath.send(Command::AttachPrimary(link));
             }
             (Role::Standby, Ok(link)) => {
@@ -372,7 +404,12 @@ impl Daemon {
                 let _ = p.datapath.send(Command::AttachStandby(link));
             }
             (Role::Primary, Err(e)) => {
-                tracing::error!(pair = %opened.pair, "cannot take the fast path, staying on the standby: {e}");
+                let retry = p.fast_path_retry.failed(Instant::now());
+                // Said once per distinct reason, not at every retry.
+                if p.fast_path_error.as_ref() != Some(&e) {
+                    tracing::error!(pair = %opened.pair, "cannot take the fast path, staying on the standby: {e}");
+                }
+                tracing::debug!(pair = %opened.pair, "fast path: next try in {retry:?}");
                 p.fast_path_error = Some(e);
             }
             (Role::Standby, Err(e)) => {
@@ -536,6 +573,7 @@ impl PairRuntime {
             standby: None,
             primary: None,
             fast_path_error: None,
+            fast_path_retry: Backoff::new(FAST_PATH_RETRY, FAST_PATH_RETRY_MAX),
             migrations: 0,
             last_migration: None,
             schedule: None,

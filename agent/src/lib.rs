@@ -1,6 +1,7 @@
 //! The vfailover agent: the daemon's pieces, the namespace lab and the
 //! scripted failover run over it.
 
+pub mod backoff;
 pub mod bench;
 pub mod capture;
 pub mod config;

@@ -588,7 +588,10 @@ mod tests {
         let json = serde_json::to_string(&status).unwrap();
         assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), status);
         // Counters are fields of the link itself on the wire.
-        assert!(json.contains(r#""health":"up","rx_packets":1234567,"#), "{json}");
+        assert!(
+            json.contains(r#""health":"up","rx_packets":1234567,"#),
+            "{json}"
+        );
     }
 
     #[test]

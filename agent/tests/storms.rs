@@ -520,10 +520,17 @@ fn a_foreign_xdp_program_on_the_vf_is_kept_and_reported() {
     );
     assert_eq!(pair.path, "standby", "{pair:?}");
     assert!(pair.degraded && pair.primary.is_none(), "{pair:?}");
-    // Still there, and still the same program.
-    thread::sleep(Duration::from_millis(300));
+    // Still there, and still the same program, after the first retry
+    // (1 s later), which said nothing new.
+    thread::sleep(Duration::from_millis(1500));
     assert_eq!(xdp_prog_id(&lab, PRIMARY), Some(foreign));
     assert_eq!(agent.pair().unwrap().path, "standby");
+    assert_eq!(
+        agent.log().matches("cannot take the fast path").count(),
+        1,
+        "{}",
+        log(&agent)
+    );
     let metrics = match control::request(agent.socket(), &Request::Metrics, Duration::from_secs(2))
     {
         Ok(Response::Metrics(text)) => text,
@@ -535,5 +542,19 @@ fn a_foreign_xdp_program_on_the_vf_is_kept_and_reported() {
             .any(|l| l.starts_with("vfailover_fast_path_error{") && l.ends_with(" 1")),
         "{metrics}"
     );
-    println!("foreign XDP program id {foreign} kept on {PRIMARY}; status says: {error}");
+    // Its owner removes it: the agent takes the fast path at its next try
+    // (the kernel sends no event for it).
+    lab.ip(
+        Ns::Guest,
+        &["link", "set", "dev", PRIMARY, "xdpgeneric", "off"],
+    )
+    .unwrap();
+    let removed = Instant::now();
+    let pair = agent.wait_for_path("primary").unwrap();
+    assert!(pair.fast_path_error.is_none() && !pair.degraded, "{pair:?}");
+    println!(
+        "foreign XDP program id {foreign} kept on {PRIMARY}; status said: {error}; removed, \
+         fast path taken {:.1?} later",
+        removed.elapsed()
+    );
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use vfailover_netstack::datapath::{Command, DatapathHandle, DatapathOptions};
 use vfailover_netstack::link::packet::PacketLink;
@@ -49,13 +50,22 @@ const CLOCK_CHECK: Duration = Duration::from_secs(5);
 const FAST_PATH_RETRY: Duration = Duration::from_secs(1);
 const FAST_PATH_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Run the daemon until SIGTERM/SIGINT. `ready` is called once it serves.
-pub fn run(config_path: &Path, ready: impl FnOnce()) -> Result<()> {
+/// Run the daemon until SIGTERM/SIGINT, telling systemd (`Type=notify`)
+/// when it is ready, reloading and stopping.
+pub fn run(config_path: &Path) -> Result<()> {
     let config = Config::from_file(config_path)?;
     let mut daemon = Daemon::start(config_path.to_owned(), config)?;
-    ready();
+    tell_systemd(&[NotifyState::Ready]);
     tracing::info!(config = %config_path.display(), "vfailover serving");
     daemon.serve()
+}
+
+/// Notifies systemd when it started us (`NOTIFY_SOCKET`; without it this
+/// does nothing).
+fn tell_systemd(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
 }
 
 /// Which link of a pair a freshly opened link is for.
@@ -108,6 +118,15 @@ struct Daemon {
     terminate: Arc<std::sync::atomic::AtomicBool>,
     reload: Arc<std::sync::atomic::AtomicBool>,
     clock: ClockWatch,
+    watchdog: Option<Watchdog>,
+}
+
+/// systemd's watchdog (`WatchdogSec=`): fed at half its interval, as long
+/// as the main loop runs and every pair's datapath thread answers, so that
+/// systemd restarts a daemon stuck in either.
+struct Watchdog {
+    every: Duration,
+    next: Instant,
 }
 
 impl Daemon {
@@ -158,6 +177,10 @@ impl Daemon {
             terminate,
             reload,
             clock: ClockWatch::new(),
+            watchdog: sd_notify::watchdog_enabled().map(|timeout| Watchdog {
+                every: timeout / 2,
+                next: Instant::now(),
+            }),
         };
         daemon.update_pairing();
         Ok(daemon)
@@ -169,6 +192,7 @@ impl Daemon {
             self.wait()?;
             if self.terminate.swap(false, Ordering::Relaxed) {
                 tracing::info!("terminating");
+                tell_systemd(&[NotifyState::Stopping]);
                 return Ok(());
             }
             if self.reload.swap(false, Ordering::Relaxed) {
@@ -194,6 +218,37 @@ impl Daemon {
             }
             self.run_schedules();
             self.retry_fast_paths();
+            self.feed_watchdog();
+        }
+    }
+
+    fn feed_watchdog(&mut self) {
+        let Some(watchdog) = self.watchdog.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        if now < watchdog.next {
+            return;
+        }
+        watchdog.next = now + watchdog.every;
+        let deadline = now + watchdog.every / 2;
+        let stuck: Vec<&str> = self
+            .pairs
+            .iter()
+            .filter(|(_, p)| {
+                !p.datapath
+                    .responsive(deadline.saturating_duration_since(Instant::now()))
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if !stuck.is_empty() {
+            tracing::error!(
+                "datapath of pair {} not answering: the watchdog is not fed, systemd will restart \
+                 the service",
+                stuck.join(", ")
+            );
+        } else {
+            tell_systemd(&[NotifyState::Watchdog]);
         }
     }
 
@@ -222,6 +277,7 @@ impl Daemon {
             .values()
             .filter_map(|p| p.schedule.as_ref().and_then(AnnounceSchedule::due))
             .chain(self.pairs.values().filter_map(|p| p.fast_path_retry.due()))
+            .chain(self.watchdog.as_ref().map(|w| w.next))
             .chain(self.pairing.next_deadline())
             .min();
         let timeout = deadline
@@ -507,7 +563,19 @@ impl Daemon {
     }
 
     /// Re-read the config file; apply it only if it is valid.
+    /// Reload, with systemd told: RELOADING=1 (with the MONOTONIC_USEC
+    /// systemd 253 wants), READY=1 once done, whatever the outcome.
     fn reload_config(&mut self) -> Result<()> {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => tell_systemd(&[NotifyState::Reloading, now]),
+            Err(e) => tracing::warn!("cannot read CLOCK_MONOTONIC for systemd: {e}"),
+        }
+        let result = self.apply_config();
+        tell_systemd(&[NotifyState::Ready]);
+        result
+    }
+
+    fn apply_config(&mut self) -> Result<()> {
         let config = Config::from_file(&self.config_path)?;
         if config.control != self.config.control || config.sysfs_root != self.config.sysfs_root {
             anyhow::bail!("[control] and sysfs_root cannot change on reload; restart the daemon");

@@ -121,12 +121,7 @@ fn run(cli: Cli) -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Run { config } => vfailover::daemon::run(&config, || {
-            // Outside systemd there is no NOTIFY_SOCKET: nothing to tell.
-            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-                tracing::warn!("cannot tell systemd we are ready: {e}");
-            }
-        }),
+        Command::Run { config } => vfailover::daemon::run(&config),
         Command::Status { json, socket } => match ask(&socket, Request::Status)? {
             Response::Status(status) if json => {
                 println!("{}", serde_json::to_string_pretty(&status)?);

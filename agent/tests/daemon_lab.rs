@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use vfailover::capture::{self, Announce};
-use vfailover::lab::agent::{default_pair, pair_config, Agent};
+use vfailover::lab::agent::{default_pair, pair_config, Agent, Setup};
 use vfailover::lab::{
     root_or_skip, Lab, LabOptions, Ns, PEER_IF, STACK_V4, STACK_V6, STANDBY, TOR_DST_PORT,
     TOR_SRC_PORT,
@@ -201,6 +201,62 @@ fn no_announce_when_the_device_announces_and_policy_is_auto() {
     // no chatter of its own teaches the switch either).
     assert_eq!(seen.tor_port.as_deref(), Some(TOR_SRC_PORT));
     assert_eq!(seen.probes_answered, 0);
+}
+
+/// The next sd_notify message the daemon sent to `socket`.
+fn notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("a notification within 5 s");
+    String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()
+}
+
+/// The next one that is not a watchdog feed.
+fn next_state(socket: &std::os::unix::net::UnixDatagram) -> String {
+    loop {
+        let message = notification(socket);
+        if message != "WATCHDOG=1" {
+            return message;
+        }
+    }
+}
+
+#[test]
+fn tells_systemd_ready_reloading_stopping_and_feeds_the_watchdog() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::create(LabOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // As systemd sets it with WatchdogSec=400ms: fed every 200 ms.
+    let setup = Setup::new(false, &default_pair())
+        .env("NOTIFY_SOCKET", notify.to_str().unwrap())
+        .env("WATCHDOG_USEC", "400000");
+    let mut agent = Agent::start_with(&lab, Path::new(BIN), &setup).unwrap();
+    assert_eq!(next_state(&socket), "READY=1");
+    let started = Instant::now();
+    let mut fed = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(notification(&socket), "WATCHDOG=1");
+        fed += 1;
+    }
+    println!("watchdog fed {fed} times in {:?}", started.elapsed());
+    assert!((5..=12).contains(&fed), "{fed} in 1.5 s at a 200 ms period");
+
+    agent.signal(Signal::SIGHUP).unwrap();
+    let reloading = next_state(&socket);
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    assert_eq!(next_state(&socket), "READY=1");
+    assert_eq!(agent.wait_for_path("primary").unwrap().path, "primary");
+    agent.stop().unwrap();
+    assert_eq!(next_state(&socket), "STOPPING=1");
 }
 
 #[test]

@@ -145,6 +145,17 @@ impl DatapathHandle {
         result.recv().map_err(|_| DatapathGone)
     }
 
+    /// Whether the datapath thread takes and runs a command within
+    /// `within`; one stuck (or gone) is not. For a service watchdog: the
+    /// probe, if late, still runs later and does nothing.
+    pub fn responsive(&self, within: Duration) -> bool {
+        let (reply, done) = mpsc::sync_channel(1);
+        let probe = Command::Call(Box::new(move |_| {
+            let _ = reply.send(());
+        }));
+        self.send(probe).is_ok() && done.recv_timeout(within).is_ok()
+    }
+
     pub fn attach_primary(&self, link: Box<dyn Link>) -> Result<(), DatapathGone> {
         self.send(Command::AttachPrimary(link))
     }

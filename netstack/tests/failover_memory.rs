@@ -351,3 +351,29 @@ fn non_unicast_addresses_are_refused_not_a_panic() {
         );
     }
 }
+
+#[test]
+fn a_datapath_stuck_in_a_call_is_not_responsive() {
+    use std::time::Duration;
+    use vfailover_netstack::datapath::{Command, DatapathHandle, DatapathOptions};
+
+    let stack = Stack::new(&config(STACK_MAC, "10.0.0.2/24", vec![]), None, None).unwrap();
+    let options = DatapathOptions {
+        watch_links: false,
+        ..DatapathOptions::default()
+    };
+    let datapath = DatapathHandle::spawn(stack, options, None).unwrap();
+    assert!(datapath.responsive(Duration::from_secs(5)));
+    // A call that takes 600 ms holds the thread: a 100 ms probe is late...
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let stuck = move |_: &mut Stack| {
+        let _ = started_tx.send(());
+        std::thread::sleep(Duration::from_millis(600));
+    };
+    datapath.send(Command::Call(Box::new(stuck))).unwrap();
+    started.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(!datapath.responsive(Duration::from_millis(100)));
+    // ...and once it is done, the thread answers again.
+    assert!(datapath.responsive(Duration::from_secs(5)));
+    datapath.stop().unwrap();
+}

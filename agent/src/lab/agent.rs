@@ -52,6 +52,8 @@ pub struct Setup {
     pub pair: String,
     /// The daemon's `RUST_LOG`.
     pub rust_log: String,
+    /// More environment for the daemon (`NOTIFY_SOCKET` and the like).
+    pub env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -62,6 +64,7 @@ impl Setup {
             tables: String::new(),
             pair: pair.to_owned(),
             rust_log: "info".to_owned(),
+            env: Vec::new(),
         }
     }
 
@@ -74,6 +77,12 @@ impl Setup {
     /// With `RUST_LOG=rust_log`.
     pub fn rust_log(mut self, rust_log: &str) -> Setup {
         self.rust_log = rust_log.to_owned();
+        self
+    }
+
+    /// With `key=value` in the daemon's environment.
+    pub fn env(mut self, key: &str, value: &str) -> Setup {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 }
@@ -105,6 +114,7 @@ pub struct Agent {
     /// The tables before `[[pair]]`, kept by [`write_config`](Self::write_config).
     tables: String,
     rust_log: String,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -133,6 +143,7 @@ impl Agent {
             bin: bin.to_owned(),
             tables: setup.tables.clone(),
             rust_log: setup.rust_log.clone(),
+            env: setup.env.clone(),
         };
         agent.spawn()?;
         Ok(agent)
@@ -164,6 +175,7 @@ impl Agent {
             .arg("--config")
             .arg(self.dir.path().join("vfailover.toml"))
             .env("RUST_LOG", &self.rust_log)
+            .envs(self.env.clone())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -88,6 +88,16 @@ echo "$version"
 deb_version=$(dpkg-deb -f "$DEB" Version)
 case "$version" in "vfailover ${deb_version%%-*}"*) ;; *) fail "--version says '$version', package is $deb_version" ;; esac
 
+step "vfailover validate: the shipped config needs only its addresses"
+if vfailover validate --config /etc/vfailover/vfailover.toml 2>"$tmp/validate.err"; then
+    fail "the shipped config validated without addresses"
+fi
+cat "$tmp/validate.err"
+grep -q 'addresses: no addresses' "$tmp/validate.err" || fail "validate did not name the missing addresses"
+sed -e 's|^    # "192.0.2.10/24",|    "192.0.2.10/24",|' -e 's|^    # "2001:db8::10/64",|    "2001:db8::10/64",|' \
+    /etc/vfailover/vfailover.toml >"$tmp/edited.toml"
+vfailover validate --config "$tmp/edited.toml" || fail "the shipped config with addresses is not valid"
+
 step "man page"
 if command -v man >/dev/null; then
     man -w vfailover

@@ -231,6 +231,43 @@ impl fmt::Display for DisplayProblems<'_> {
 }
 
 impl Config {
+    /// What the daemon will run, one line per item, for `vfailover
+    /// validate`.
+    pub fn summary(&self) -> String {
+        let mut out = format!("control socket {}", self.control.socket.display());
+        if let Some(group) = &self.control.group {
+            out += &format!(" (group {group})");
+        }
+        for pair in &self.pairs {
+            out += &format!("\npair {}: standby ", pair.name);
+            out += pair.standby.as_deref().unwrap_or("auto-detected");
+            if let Some(mac) = pair.primary_mac {
+                out += &format!(", MAC {}", format_mac(mac));
+            }
+            let addresses: Vec<String> = pair.addresses.iter().map(|a| a.to_string()).collect();
+            out += &format!(", addresses {}", addresses.join(" "));
+            for gateway in [
+                pair.gateway.map(IpAddr::from),
+                pair.gateway6.map(IpAddr::from),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                out += &format!(", gateway {gateway}");
+            }
+            out += &format!(", announce {}", pair.announce.as_str());
+            let services: Vec<String> = pair
+                .services
+                .iter()
+                .map(|s| format!("{}/{}", service_name(s.kind), s.port))
+                .collect();
+            if !services.is_empty() {
+                out += &format!(", services {}", services.join(" "));
+            }
+        }
+        out
+    }
+
     /// Reads and validates `path`.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

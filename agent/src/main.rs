@@ -31,6 +31,12 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Check a config file without running anything: every problem with
+    /// its line and key, or what the daemon would run.
+    Validate {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Show each pair: path, links, counters, switches, migrations.
     Status {
         /// Print the status as JSON.
@@ -122,6 +128,11 @@ fn run(cli: Cli) -> Result<()> {
         .init();
     match cli.command {
         Command::Run { config } => vfailover::daemon::run(&config),
+        Command::Validate { config } => {
+            let parsed = vfailover::config::Config::from_file(&config)?;
+            println!("{}: valid\n{}", config.display(), parsed.summary());
+            Ok(())
+        }
         Command::Status { json, socket } => match ask(&socket, Request::Status)? {
             Response::Status(status) if json => {
                 println!("{}", serde_json::to_string_pretty(&status)?);

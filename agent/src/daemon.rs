@@ -33,13 +33,9 @@ use crate::backoff::Backoff;
 use crate::config::{Config, PairConfig, PrimaryMode, StandbyMode};
 use crate::control::{ControlCall, ControlServer, Request, Response};
 use crate::discovery::{Discovery, DiscoveryEvent, NetDev};
-use crate::migration::{AnnounceSchedule, ClockWatch, Signal};
+use crate::migration::{AnnounceSchedule, ClockWatch, MigrationWindow, Seen, Signal};
 use crate::pairing::{Action, Hold, PairSpec, Pairing};
 use crate::status::{LinkStatus, MigrationStatus, PairStatus, RefusedDevice, Status, SwitchStatus};
-
-/// Migration signals this close to the first one belong to the same
-/// migration.
-const MIGRATION_WINDOW: Duration = Duration::from_secs(10);
 
 /// How long the main loop sleeps at most: it re-checks the wall clock
 /// against the monotonic one this often (a paused VM shows as a jump).
@@ -96,7 +92,7 @@ struct PairRuntime {
     /// When to try opening the primary again after that.
     fast_path_retry: Backoff,
     migrations: u64,
-    last_migration: Option<(SystemTime, Signal)>,
+    migration: MigrationWindow,
     schedule: Option<AnnounceSchedule>,
     announce_frames: u64,
 }
@@ -489,18 +485,16 @@ impl Daemon {
             return;
         };
         if signal != Signal::Manual {
-            // One migration raises several signals (QEMU repeats
-            // NOTIFY_PEERS each announce round; the primary returns later):
-            // count and act on the first only.
-            let recent = p
-                .last_migration
-                .is_some_and(|(at, _)| at.elapsed().is_ok_and(|age| age < MIGRATION_WINDOW));
-            if recent {
-                tracing::debug!(%pair, %signal, "part of the migration already seen");
-                return;
+            match p.migration.note(signal, SystemTime::now()) {
+                Seen::NewMigration => p.migrations += 1,
+                Seen::NewStage => {
+                    tracing::debug!(%pair, %signal, "a new stage of the migration already seen");
+                }
+                Seen::Repeat => {
+                    tracing::debug!(%pair, %signal, "repeats a signal of this migration");
+                    return;
+                }
             }
-            p.migrations += 1;
-            p.last_migration = Some((SystemTime::now(), signal));
         }
         let guest_announce = p.standby.as_ref().and_then(|s| s.guest_announce);
         if p.config.announce.announces(signal, guest_announce) {
@@ -643,7 +637,7 @@ impl PairRuntime {
             fast_path_error: None,
             fast_path_retry: Backoff::new(FAST_PATH_RETRY, FAST_PATH_RETRY_MAX),
             migrations: 0,
-            last_migration: None,
+            migration: MigrationWindow::default(),
             schedule: None,
             announce_frames: 0,
         })
@@ -743,7 +737,7 @@ impl PairRuntime {
             guest_announce: self.standby.as_ref().and_then(|s| s.guest_announce),
             announce_policy: self.config.announce.as_str().to_owned(),
             migrations_detected: self.migrations,
-            last_migration: self.last_migration.map(|(at, signal)| MigrationStatus {
+            last_migration: self.migration.last().map(|(at, signal)| MigrationStatus {
                 at_unix: unix_secs(at),
                 signal: signal.to_string(),
             }),

@@ -4,7 +4,8 @@
 //! on the standby or the failover master, a jump of the wall clock against
 //! the monotonic clock while the agent slept (the VM was paused), the
 //! standby's carrier regained after a loss (its far end moved), and a
-//! manual `vfailover announce`. On a signal the [`policy`](AnnouncePolicy)
+//! manual `vfailover announce`. A [`MigrationWindow`] groups one
+//! migration's signals. On a signal the [`policy`](AnnouncePolicy)
 //! decides whether the agent announces; an [`AnnounceSchedule`] then spaces
 //! the rounds the way QEMU's self-announce does (net/announce.c): a first
 //! round at once, then after `initial`, `initial + step`, ... capped at
@@ -98,6 +99,58 @@ impl AnnounceSchedule {
     }
 }
 
+/// Signals this close to the first one belong to the same migration.
+pub const MIGRATION_WINDOW: Duration = Duration::from_secs(10);
+
+/// What a signal is to the migrations seen so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// The first signal of a migration: count it, announce.
+    NewMigration,
+    /// A new kind of signal within the migration's window (the primary
+    /// back after the standby's carrier came back on the new host): not
+    /// another migration, but the path changed, so announce again.
+    NewStage,
+    /// A kind already seen in this window (QEMU raises NOTIFY_PEERS at
+    /// each of its announce rounds): nothing to do.
+    Repeat,
+}
+
+/// Groups one migration's signals: the first opens a window of
+/// [`MIGRATION_WINDOW`]; within it each kind of signal counts once.
+/// `vfailover announce` is no migration and never goes through here.
+#[derive(Debug, Clone, Default)]
+pub struct MigrationWindow {
+    /// The window's first signal, and when.
+    first: Option<(SystemTime, Signal)>,
+    kinds: Vec<std::mem::Discriminant<Signal>>,
+}
+
+impl MigrationWindow {
+    pub fn note(&mut self, signal: Signal, now: SystemTime) -> Seen {
+        let kind = std::mem::discriminant(&signal);
+        let open = self.first.is_some_and(|(at, _)| {
+            now.duration_since(at)
+                .is_ok_and(|age| age < MIGRATION_WINDOW)
+        });
+        if !open {
+            self.first = Some((now, signal));
+            self.kinds = vec![kind];
+            Seen::NewMigration
+        } else if self.kinds.contains(&kind) {
+            Seen::Repeat
+        } else {
+            self.kinds.push(kind);
+            Seen::NewStage
+        }
+    }
+
+    /// The last migration's first signal, and when.
+    pub fn last(&self) -> Option<(SystemTime, Signal)> {
+        self.first
+    }
+}
+
 /// Watches the wall clock against the monotonic clock. A paused VM's
 /// monotonic clock stands still while the wall clock is stepped forward on
 /// resume (NTP, qemu-guest-agent): the difference is a migration hint.
@@ -140,6 +193,39 @@ impl Default for ClockWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_migration_many_signals() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = MigrationWindow::default();
+        assert_eq!(w.last(), None);
+        // The standby's far end moved: a migration.
+        assert_eq!(w.note(Signal::StandbyCarrier, at(0)), Seen::NewMigration);
+        // QEMU repeats NOTIFY_PEERS; the kind counts once.
+        assert_eq!(w.note(Signal::NotifyPeers, at(50)), Seen::NewStage);
+        assert_eq!(w.note(Signal::NotifyPeers, at(200)), Seen::Repeat);
+        // The primary is back: same migration, a new stage.
+        assert_eq!(w.note(Signal::PrimaryReplugged, at(1500)), Seen::NewStage);
+        assert_eq!(w.note(Signal::PrimaryReplugged, at(9999)), Seen::Repeat);
+        // A clock jump's size does not make it another kind.
+        assert_eq!(
+            w.note(Signal::ClockJump(Duration::from_secs(3)), at(100)),
+            Seen::NewStage
+        );
+        assert_eq!(
+            w.note(Signal::ClockJump(Duration::from_secs(9)), at(200)),
+            Seen::Repeat
+        );
+        assert_eq!(w.last(), Some((at(0), Signal::StandbyCarrier)));
+        // 10 s after the first signal, the next migration.
+        assert_eq!(
+            w.note(Signal::PrimaryReplugged, at(10_000)),
+            Seen::NewMigration
+        );
+        assert_eq!(w.last(), Some((at(10_000), Signal::PrimaryReplugged)));
+        assert_eq!(w.note(Signal::StandbyCarrier, at(10_001)), Seen::NewStage);
+    }
 
     #[test]
     fn auto_announces_unless_the_device_does() {

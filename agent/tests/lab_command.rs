@@ -48,7 +48,15 @@ fn lab_reports_a_byte_exact_failover_and_plots_it() {
     assert!(report.contains("(byte-exact)"), "{report}");
     assert!(report.contains("switches during the run: 2"), "{report}");
     assert!(report.contains("migrations detected: 1"), "{report}");
-    assert_eq!(agent_frames(&report), 10, "5 rounds of GARP + NA\n{report}");
+    // 5 rounds of GARP + NA after the migration, and again after the
+    // replug (fewer if it came before the first 5 were out: it restarts
+    // the schedule).
+    let frames = agent_frames(&report);
+    assert!((12..=20).contains(&frames), "{frames} frames\n{report}");
+    assert!(
+        report.contains(&format!("(the agent counted {frames} sent)")),
+        "every frame the agent sent reached the peer\n{report}"
+    );
 
     let svg = std::fs::read_to_string(&plot).unwrap();
     let doc = roxmltree::Document::parse(&svg).unwrap();

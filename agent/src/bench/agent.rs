@@ -23,15 +23,15 @@ use super::{udp, BenchOptions, Cpus, Summary};
 use crate::capture::{self, Announce};
 use crate::lab::agent::{pair_config_with, stack_addresses, Agent, Setup};
 use crate::lab::{Lab, Ns, PEER_IF, STACK_V4};
+use crate::migration::MIGRATION_WINDOW;
 use crate::scenario::ECHO_PORT;
 
 /// How long the peer listens for announces after a migration: the first
 /// round is due at once, QEMU's schedule ends about 800 ms later.
 const CAPTURE: Duration = Duration::from_millis(1200);
-/// The daemon takes every signal within 10 s of the last as part of the
-/// same migration (`MIGRATION_WINDOW` in `daemon.rs`): migrations are
-/// spaced a little more than that.
-const MIGRATION_SPACING: Duration = Duration::from_millis(10_500);
+/// The daemon takes every signal within [`MIGRATION_WINDOW`] of the first
+/// as part of the same migration: migrations are spaced a little more.
+const MIGRATION_SPACING: Duration = MIGRATION_WINDOW.saturating_add(Duration::from_millis(500));
 
 /// What the daemon cost and how fast it announced.
 #[derive(Debug, Clone)]

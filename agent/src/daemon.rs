@@ -115,6 +115,20 @@ struct Daemon {
     reload: Arc<std::sync::atomic::AtomicBool>,
     clock: ClockWatch,
     watchdog: Option<Watchdog>,
+    /// `STATUS=` for systemd, when it listens (`NOTIFY_SOCKET`).
+    status_line: Option<StatusLine>,
+}
+
+/// How often `STATUS=` is refreshed at most: each refresh asks every
+/// datapath for its state.
+const STATUS_LINE_EVERY: Duration = Duration::from_secs(1);
+
+/// The last `STATUS=` sent, and when the next may go.
+struct StatusLine {
+    sent: String,
+    next: Instant,
+    /// Something may have changed since `sent` was made.
+    stale: bool,
 }
 
 /// systemd's watchdog (`WatchdogSec=`): fed at half its interval, as long
@@ -177,6 +191,11 @@ impl Daemon {
                 every: timeout / 2,
                 next: Instant::now(),
             }),
+            status_line: std::env::var_os("NOTIFY_SOCKET").map(|_| StatusLine {
+                sent: String::new(),
+                next: Instant::now(),
+                stale: true,
+            }),
         };
         daemon.update_pairing();
         Ok(daemon)
@@ -215,6 +234,31 @@ impl Daemon {
             self.run_schedules();
             self.retry_fast_paths();
             self.feed_watchdog();
+            self.update_status_line();
+        }
+    }
+
+    /// Every wake may follow a change (a switch, a link opened, a
+    /// reload): refresh `STATUS=`, at most every [`STATUS_LINE_EVERY`]; one
+    /// held back is sent when that time comes (see `wait`).
+    fn update_status_line(&mut self) {
+        let Some(line) = self.status_line.as_mut() else {
+            return;
+        };
+        line.stale = true;
+        let now = Instant::now();
+        if now < line.next {
+            return;
+        }
+        let text = crate::status::render_line(&self.status());
+        let Some(line) = self.status_line.as_mut() else {
+            return;
+        };
+        line.next = now + STATUS_LINE_EVERY;
+        line.stale = false;
+        if text != line.sent {
+            tell_systemd(&[NotifyState::Status(&text)]);
+            line.sent = text;
         }
     }
 
@@ -274,6 +318,12 @@ impl Daemon {
             .filter_map(|p| p.schedule.as_ref().and_then(AnnounceSchedule::due))
             .chain(self.pairs.values().filter_map(|p| p.fast_path_retry.due()))
             .chain(self.watchdog.as_ref().map(|w| w.next))
+            .chain(
+                self.status_line
+                    .as_ref()
+                    .filter(|l| l.stale)
+                    .map(|l| l.next),
+            )
             .chain(self.pairing.next_deadline())
             .min();
         let timeout = deadline
@@ -556,7 +606,6 @@ impl Daemon {
         }
     }
 
-    /// Re-read the config file; apply it only if it is valid.
     /// Reload, with systemd told: RELOADING=1 (with the MONOTONIC_USEC
     /// systemd 253 wants), READY=1 once done, whatever the outcome.
     fn reload_config(&mut self) -> Result<()> {
@@ -569,6 +618,7 @@ impl Daemon {
         result
     }
 
+    /// Re-read the config file; apply it only if it is valid.
     fn apply_config(&mut self) -> Result<()> {
         let config = Config::from_file(&self.config_path)?;
         if config.control != self.config.control || config.sysfs_root != self.config.sysfs_root {

@@ -104,6 +104,41 @@ pub struct RefusedDevice {
 /// The paths a pair can be on, in the order metrics list them.
 const PATHS: [&str; 3] = ["primary", "standby", "none"];
 
+/// One line for systemd's `STATUS=` (`systemctl status vfailover`): per
+/// pair the path, the link it is on, and what degrades it.
+pub fn render_line(status: &Status) -> String {
+    if status.pairs.is_empty() {
+        return "no pairs configured".to_owned();
+    }
+    let pairs: Vec<String> = status
+        .pairs
+        .iter()
+        .map(|p| {
+            let active = match p.path.as_str() {
+                "primary" => p.primary.as_ref(),
+                "standby" => p.standby.as_ref(),
+                _ => None,
+            };
+            let mut line = format!("{}: {}", p.name, p.path);
+            if let Some(l) = active {
+                line += &format!(" on {} ({})", l.ifname, l.mode);
+            }
+            if p.fast_path_error.is_some() {
+                line += ", fast path refused (see vfailover status)";
+            } else if p.standby.is_none() {
+                line += ", no standby";
+            }
+            line
+        })
+        .collect();
+    // sd_notify is one assignment per line: nothing may break it.
+    pairs
+        .join("; ")
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// A human table, one block per pair.
 pub fn render_table(status: &Status) -> String {
     let now = SystemTime::now()
@@ -580,6 +615,22 @@ mod tests {
                 reason: "second primary for pair main".into(),
             }],
         }
+    }
+
+    #[test]
+    fn one_line_for_systemd() {
+        assert_eq!(
+            render_line(&sample()),
+            "main: primary on vf0 (zero-copy); odd \"name\"\\?: standby on virtio1 (packet), \
+             fast path refused (see vfailover status)"
+        );
+        let mut none = sample();
+        none.pairs.truncate(1);
+        none.pairs[0].path = "none".into();
+        none.pairs[0].standby = None;
+        assert_eq!(render_line(&none), "main: none, no standby");
+        none.pairs.clear();
+        assert_eq!(render_line(&none), "no pairs configured");
     }
 
     #[test]

@@ -651,6 +651,24 @@ mod tests {
             }
         }
 
+        /// Pair `p0`; its standby 3 (`ens3`) and a VF 4 (`ens4`) both there,
+        /// nothing run yet.
+        fn standby_and_vf() -> World {
+            let mut w = World::new(vec![auto("p0")]);
+            w.add(standby(3, "ens3", M1));
+            w.add(vf(4, "ens4", M1));
+            w
+        }
+
+        /// [`standby_and_vf`](Self::standby_and_vf) run until the VF is
+        /// attached, at 200 ms.
+        fn attached() -> World {
+            let mut w = World::standby_and_vf();
+            w.at(0);
+            assert_eq!(attached(&w.at(200)), [4]);
+            w
+        }
+
         fn add(&mut self, dev: NetDev) {
             self.devices.insert(dev.ifindex, dev);
         }
@@ -754,18 +772,14 @@ mod tests {
 
     #[test]
     fn both_at_start() {
-        let mut w = World::new(vec![auto("p0")]);
-        w.add(standby(3, "ens3", M1));
-        w.add(vf(4, "ens4", M1));
+        let mut w = World::standby_and_vf();
         assert_eq!(found(&w.at(0)), [3]);
         assert_eq!(attached(&w.at(200)), [4]);
     }
 
     #[test]
     fn primary_not_ready_waits_for_carrier_and_restarts_its_hold() {
-        let mut w = World::new(vec![auto("p0")]);
-        w.add(standby(3, "ens3", M1));
-        w.add(vf(4, "ens4", M1));
+        let mut w = World::standby_and_vf();
         w.running(4, false);
         w.at(0);
         assert_eq!(w.pairing.next_deadline(), None);
@@ -781,11 +795,7 @@ mod tests {
 
     #[test]
     fn unplug_seen_as_down_then_removed_is_a_replug_not_a_flap() {
-        let mut w = World::new(vec![auto("p0")]);
-        w.add(standby(3, "ens3", M1));
-        w.add(vf(4, "ens4", M1));
-        w.at(0);
-        assert_eq!(attached(&w.at(200)), [4]);
+        let mut w = World::attached();
         // The kernel takes a device down before it unregisters it.
         w.running(4, false);
         assert_eq!(detached(&w.at(1000)), [(4, DetachReason::Down)]);
@@ -799,11 +809,7 @@ mod tests {
 
     #[test]
     fn primary_replugged_is_a_migration_signal() {
-        let mut w = World::new(vec![auto("p0")]);
-        w.add(standby(3, "ens3", M1));
-        w.add(vf(4, "ens4", M1));
-        w.at(0);
-        assert_eq!(attached(&w.at(200)), [4]);
+        let mut w = World::attached();
 
         // Unplug: detached at once. The new VF gets a new ifindex.
         w.remove(4);
@@ -857,11 +863,7 @@ mod tests {
 
     #[test]
     fn a_flapping_primary_is_held_off() {
-        let mut w = World::new(vec![auto("p0")]);
-        w.add(standby(3, "ens3", M1));
-        w.add(vf(4, "ens4", M1));
-        w.at(0);
-        assert_eq!(attached(&w.at(200)), [4]);
+        let mut w = World::attached();
 
         // Each flap within the window doubles the hold: 400, 800, ... ms.
         let mut t = 1000;
@@ -888,11 +890,7 @@ mod tests {
 
     #[test]
     fn standby_removed_and_back() {
-        let mut w = World::new(vec![auto("p0")]);
-        w.add(standby(3, "ens3", M1));
-        w.add(vf(4, "ens4", M1));
-        w.at(0);
-        w.at(200);
+        let mut w = World::attached();
 
         w.remove(3);
         let actions = w.at(1000);
@@ -960,11 +958,7 @@ mod tests {
 
     #[test]
     fn a_second_candidate_is_refused_once() {
-        let mut w = World::new(vec![auto("p0")]);
-        w.add(standby(3, "ens3", M1));
-        w.add(vf(4, "ens4", M1));
-        w.at(0);
-        w.at(200);
+        let mut w = World::attached();
         w.add(vf(5, "ens5", M1));
         assert_eq!(refused(&w.at(300)), [5]);
         assert!(w.at(400).is_empty(), "reported once");

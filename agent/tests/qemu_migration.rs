@@ -208,24 +208,10 @@ impl Net {
         let p = net.peer.as_str();
         for ns in [h, p] {
             // No IPv6 on the fabric: the only IPv6 frames on the bridge are the guest's.
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-            ])?;
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ])?;
+            for conf in ["all", "default"] {
+                let key = format!("net.ipv6.conf.{conf}.disable_ipv6=1");
+                sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &key])?;
+            }
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
         sh(&[

@@ -20,6 +20,15 @@ fn pct(x: f64) -> String {
     format!("{:.0} %", x * 100.0)
 }
 
+/// A Markdown table's header: the first `text` columns left-aligned, the
+/// figures after them right-aligned.
+fn table_header(out: &mut String, columns: &[&str], text: usize) -> std::fmt::Result {
+    let align: Vec<&str> = (0..columns.len())
+        .map(|i| if i < text { "---" } else { "---:" })
+        .collect();
+    writeln!(out, "| {} |\n|{}|", columns.join(" | "), align.join("|"))
+}
+
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
         format!("{:.2}×", a / b)
@@ -113,11 +122,20 @@ fn write_all(out: &mut String, r: &Results) -> std::fmt::Result {
         o.udp_duration.as_secs_f64(),
         o.udp_max_requests
     )?;
-    writeln!(
+    table_header(
         out,
-        "| payload | server | requests/s | p50 µs | p99 µs | p99.9 µs | lost | server core busy |"
+        &[
+            "payload",
+            "server",
+            "requests/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "lost",
+            "server core busy",
+        ],
+        2,
     )?;
-    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|")?;
     for (size, server, u) in &r.udp {
         let (p50, p99, p999) = u.latency.map_or(("–".into(), "–".into(), "–".into()), |l| {
             (us(l.p50), us(l.p99), us(l.p999))
@@ -131,11 +149,18 @@ fn write_all(out: &mut String, r: &Results) -> std::fmt::Result {
             pct(u.server_busy)
         )?;
     }
-    writeln!(
+    writeln!(out)?;
+    table_header(
         out,
-        "\n| payload | vs | rate stack/kernel | p50 stack/kernel | p99 stack/kernel |"
+        &[
+            "payload",
+            "vs",
+            "rate stack/kernel",
+            "p50 stack/kernel",
+            "p99 stack/kernel",
+        ],
+        2,
     )?;
-    writeln!(out, "|---|---|---:|---:|---:|")?;
     for size in [64, 1400] {
         let find = |s: Server| {
             r.udp
@@ -174,11 +199,18 @@ fn write_all(out: &mut String, r: &Results) -> std::fmt::Result {
          kernel's autotunes.\n",
         o.tcp_duration.as_secs_f64()
     )?;
-    writeln!(
+    table_header(
         out,
-        "| offloads | server | Gbit/s | MiB moved | server core busy | stack/kernel |"
+        &[
+            "offloads",
+            "server",
+            "Gbit/s",
+            "MiB moved",
+            "server core busy",
+            "stack/kernel",
+        ],
+        2,
     )?;
-    writeln!(out, "|---|---|---:|---:|---:|---:|")?;
     for (offloads, server, t) in &r.tcp {
         let kernel = r
             .tcp
@@ -227,11 +259,11 @@ fn write_all(out: &mut String, r: &Results) -> std::fmt::Result {
         f.switch_before_listener,
         f.down.len()
     )?;
-    writeln!(
+    table_header(
         out,
-        "| direction | part | median ms | p99 ms | max ms | n |"
+        &["direction", "part", "median ms", "p99 ms", "max ms", "n"],
+        2,
     )?;
-    writeln!(out, "|---|---|---:|---:|---:|---:|")?;
     let rows: [(&str, &[Sample]); 2] =
         [("VF gone → standby", &f.down), ("VF back → primary", &f.up)];
     for (name, samples) in rows {
@@ -268,11 +300,18 @@ fn write_all(out: &mut String, r: &Results) -> std::fmt::Result {
          Load: the UDP client at 1400 B, {} in flight.\n",
         o.outstanding
     )?;
-    writeln!(
+    table_header(
         out,
-        "| period | seconds | CPU | VmRSS MiB | VmHWM MiB | requests/s |"
+        &[
+            "period",
+            "seconds",
+            "CPU",
+            "VmRSS MiB",
+            "VmHWM MiB",
+            "requests/s",
+        ],
+        1,
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
     for (name, u, rate) in [
         ("idle", d.idle, None),
         ("UDP load", d.load, Some(d.load_rate)),
@@ -297,8 +336,7 @@ fn write_all(out: &mut String, r: &Results) -> std::fmt::Result {
          socket returned it (userspace timestamp).\n",
         d.migrations, d.signals, d.announced
     )?;
-    writeln!(out, "| part | median ms | p99 ms | max ms | n |")?;
-    writeln!(out, "|---|---:|---:|---:|---:|")?;
+    table_header(out, &["part", "median ms", "p99 ms", "max ms", "n"], 1)?;
     let summary_row = |s: Option<Summary>| match s {
         Some(s) => format!("{} | {} | {} | {}", ms(s.p50), ms(s.p99), ms(s.max), s.n),
         None => "– | – | – | 0".into(),
@@ -315,7 +353,7 @@ fn write_all(out: &mut String, r: &Results) -> std::fmt::Result {
     )?;
 
     writeln!(out, "\n## Aims\n")?;
-    writeln!(out, "| aim | measured | met |\n|---|---|---|")?;
+    table_header(out, &["aim", "measured", "met"], 3)?;
     let mut aim = |what: &str, measured: String, met: Option<bool>| {
         writeln!(
             out,

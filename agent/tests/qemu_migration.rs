@@ -1400,7 +1400,10 @@ fn wait_path(c: &mut Console, path: &str, timeout: Duration) -> Value {
         thread::sleep(Duration::from_millis(300));
     }
     let log = c.run("tail -n 40 /run/vfailover.log", Duration::from_secs(10));
-    panic!("path did not become {path} in {timeout:?}: {last:?}; daemon log: {log:?}")
+    panic!(
+        "path did not become {path} in {timeout:?}: {last:?}; daemon log: {log:?}; console:\n{}",
+        tail(c, 120)
+    )
 }
 
 /// A paced TCP stream through the stack's echo service, checked byte for byte.
@@ -1539,6 +1542,12 @@ fn vfailover_case(guest_announce: bool) {
     });
     print_times(label, &t);
     eprintln!("[{label}] paths seen on the source during the migration: {paths_during:?}");
+    assert!(
+        dst.alive(),
+        "the destination QEMU exited after the migration; its log: {}\nconsole:\n{}",
+        dst.log(),
+        tail(&dst.console, 60)
+    );
     let after = wait_path(&mut dst.console, "primary", Duration::from_secs(60));
     assert_replugged(&mut dst, &nd);
     let report = echo.finish();

@@ -4,7 +4,7 @@
 # Build: clang + llvm (the XDP program, and libxdp/libbpf that xsk-rs builds
 # from source), libelf, zlib, libpcap, m4, pkg-config; libclang for bindgen;
 # libudev for the udev crate. Lab and tests: iproute2 (ip, bridge), ethtool,
-# iputils-ping, tcpdump, util-linux (setpriv).
+# iputils-ping, tcpdump, util-linux (setpriv, flock).
 # Packaging (build-deb.sh, check-deb.sh): dpkg-dev (shlibs for Depends) and
 # binutils (strip) come with build-essential; systemd for systemd-analyze
 # (verify, security), udev for udevadm (rules test), man-db to check the

@@ -739,25 +739,29 @@ impl PairRuntime {
             )
         });
         let mac = self.mac.map(format_mac).unwrap_or_default();
-        let Ok((path, stats, primary, standby, addresses)) = snapshot else {
-            return PairStatus {
-                name: name.to_owned(),
-                mac,
-                standby: None,
-                primary: None,
-                path: "none".into(),
-                degraded: true,
-                switches: 0,
-                last_switch: None,
-                guest_announce: None,
-                announce_policy: self.config.announce.as_str().to_owned(),
-                migrations_detected: self.migrations,
-                last_migration: None,
-                announces_sent: self.announce_frames,
-                addresses: Vec::new(),
-                tx_no_path: 0,
-                fast_path_error: self.fast_path_error.clone(),
-            };
+        let (path, stats, primary, standby, addresses) = match snapshot {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                return PairStatus {
+                    name: name.to_owned(),
+                    mac,
+                    standby: None,
+                    primary: None,
+                    path: "none".into(),
+                    degraded: true,
+                    switches: 0,
+                    last_switch: None,
+                    guest_announce: None,
+                    announce_policy: self.config.announce.as_str().to_owned(),
+                    migrations_detected: self.migrations,
+                    last_migration: self.last_migration(),
+                    announces_sent: self.announce_frames,
+                    addresses: Vec::new(),
+                    tx_no_path: 0,
+                    fast_path_error: self.fast_path_error.clone(),
+                    datapath_error: Some(e.to_string()),
+                }
+            }
         };
         let link_status = |l: Option<(String, u32, String, String)>, c: &PathCounters| {
             l.map(|(ifname, ifindex, mode, health)| LinkStatus {
@@ -787,15 +791,20 @@ impl PairRuntime {
             guest_announce: self.standby.as_ref().and_then(|s| s.guest_announce),
             announce_policy: self.config.announce.as_str().to_owned(),
             migrations_detected: self.migrations,
-            last_migration: self.migration.last().map(|(at, signal)| MigrationStatus {
-                at_unix: unix_secs(at),
-                signal: signal.to_string(),
-            }),
+            last_migration: self.last_migration(),
             announces_sent: self.announce_frames,
             addresses,
             tx_no_path: stats.tx_no_path,
             fast_path_error: self.fast_path_error.clone(),
+            datapath_error: None,
         }
+    }
+
+    fn last_migration(&self) -> Option<MigrationStatus> {
+        self.migration.last().map(|(at, signal)| MigrationStatus {
+            at_unix: unix_secs(at),
+            signal: signal.to_string(),
+        })
     }
 }
 

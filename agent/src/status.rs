@@ -54,6 +54,10 @@ pub struct PairStatus {
     /// `None` while the fast path works or no primary is paired.
     #[serde(default)]
     pub fast_path_error: Option<String>,
+    /// Why the rest of this pair's status is missing: its datapath thread
+    /// did not answer (stuck or stopped); `None` while it answers.
+    #[serde(default)]
+    pub datapath_error: Option<String>,
 }
 
 /// One link of a pair.
@@ -123,7 +127,9 @@ pub fn render_line(status: &Status) -> String {
             if let Some(l) = active {
                 line += &format!(" on {} ({})", l.ifname, l.mode);
             }
-            if p.fast_path_error.is_some() {
+            if let Some(error) = &p.datapath_error {
+                line += &format!(", {error}");
+            } else if p.fast_path_error.is_some() {
                 line += ", fast path refused (see vfailover status)";
             } else if p.standby.is_none() {
                 line += ", no standby";
@@ -287,6 +293,9 @@ fn render_pair(out: &mut String, pair: &PairStatus, now: f64) {
         );
     }
     let _ = writeln!(out, "{migrations}");
+    if let Some(error) = &pair.datapath_error {
+        let _ = writeln!(out, "  datapath    {error}");
+    }
     if let Some(error) = &pair.fast_path_error {
         let _ = writeln!(out, "  fast path   unavailable: {error}");
     }
@@ -587,6 +596,7 @@ mod tests {
                     addresses: vec!["10.213.0.20/24".into(), "fd00:213::20/64".into()],
                     tx_no_path: 0,
                     fast_path_error: None,
+                    datapath_error: None,
                 },
                 PairStatus {
                     // Everything a label must escape.
@@ -606,6 +616,7 @@ mod tests {
                     addresses: vec![],
                     tx_no_path: 3,
                     fast_path_error: Some("eth2 already has XDP program id 7 attached".into()),
+                    datapath_error: None,
                 },
             ],
             refused: vec![RefusedDevice {
@@ -699,6 +710,25 @@ mod tests {
         // Columns line up: every row of a link table is as wide as its header.
         let header = table.lines().find(|l| l.starts_with("   link")).unwrap();
         assert_eq!(primary.chars().count(), header.chars().count(), "{table}");
+    }
+
+    #[test]
+    fn a_datapath_not_answering_says_so() {
+        let mut status = sample();
+        status.pairs.truncate(1);
+        let pair = &mut status.pairs[0];
+        pair.path = "none".into();
+        pair.primary = None;
+        pair.datapath_error = Some("the datapath thread did not answer within 2s".into());
+        let table = render_table_at(&status, 1_012.5);
+        assert!(
+            table.contains("  datapath    the datapath thread did not answer within 2s\n"),
+            "{table}"
+        );
+        assert_eq!(
+            render_line(&status),
+            "main: none, the datapath thread did not answer within 2s"
+        );
     }
 
     #[test]

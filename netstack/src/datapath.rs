@@ -9,7 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,6 +28,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// sleeping. Bounds how late a vanished VF is noticed while frames flow
 /// (errors on use catch it sooner still).
 const LINK_CHECK: Duration = Duration::from_micros(100);
+/// The longest [`DatapathHandle::call`] waits. A call is a few
+/// microseconds of work between two polls; only a stuck thread takes this.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Something for the datapath thread to do.
 pub enum Command {
@@ -66,6 +69,23 @@ impl Default for DatapathOptions {
 #[derive(Debug, thiserror::Error)]
 #[error("the datapath thread has stopped")]
 pub struct DatapathGone;
+
+/// Why [`DatapathHandle::call`] has no result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the datapath thread has stopped")]
+    Gone,
+    /// Stuck, or busy for longer than any call should take: the caller
+    /// (the daemon's one control thread) must not wait on it forever.
+    #[error("the datapath thread did not answer within {0:?}")]
+    Late(Duration),
+}
+
+impl From<DatapathGone> for CallError {
+    fn from(_: DatapathGone) -> Self {
+        CallError::Gone
+    }
+}
 
 /// Sends commands to a datapath; cheap to clone, for threads that open
 /// links and hand them over when ready.
@@ -133,27 +153,36 @@ impl DatapathHandle {
         self.commander.clone()
     }
 
-    /// Run `f` on the stack in the datapath thread and wait for its result.
+    /// Run `f` on the stack in the datapath thread and wait, at most
+    /// [`CALL_TIMEOUT`], for its result.
     pub fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Stack) -> R + Send + 'static,
-    ) -> Result<R, DatapathGone> {
+    ) -> Result<R, CallError> {
+        self.call_within(CALL_TIMEOUT, f)
+    }
+
+    /// [`call`](Self::call) with its own bound. A late call still runs
+    /// later; its result is then dropped.
+    pub fn call_within<R: Send + 'static>(
+        &self,
+        within: Duration,
+        f: impl FnOnce(&mut Stack) -> R + Send + 'static,
+    ) -> Result<R, CallError> {
         let (reply, result) = mpsc::sync_channel(1);
         self.send(Command::Call(Box::new(move |stack| {
             let _ = reply.send(f(stack));
         })))?;
-        result.recv().map_err(|_| DatapathGone)
+        result.recv_timeout(within).map_err(|e| match e {
+            RecvTimeoutError::Timeout => CallError::Late(within),
+            RecvTimeoutError::Disconnected => CallError::Gone,
+        })
     }
 
     /// Whether the datapath thread takes and runs a command within
-    /// `within`; one stuck (or gone) is not. For a service watchdog: the
-    /// probe, if late, still runs later and does nothing.
+    /// `within`; one stuck (or gone) is not. For a service watchdog.
     pub fn responsive(&self, within: Duration) -> bool {
-        let (reply, done) = mpsc::sync_channel(1);
-        let probe = Command::Call(Box::new(move |_| {
-            let _ = reply.send(());
-        }));
-        self.send(probe).is_ok() && done.recv_timeout(within).is_ok()
+        self.call_within(within, |_| ()).is_ok()
     }
 
     pub fn attach_primary(&self, link: Box<dyn Link>) -> Result<(), DatapathGone> {

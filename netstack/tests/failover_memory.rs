@@ -353,9 +353,9 @@ fn non_unicast_addresses_are_refused_not_a_panic() {
 }
 
 #[test]
-fn a_datapath_stuck_in_a_call_is_not_responsive() {
-    use std::time::Duration;
-    use vfailover_netstack::datapath::{Command, DatapathHandle, DatapathOptions};
+fn a_datapath_stuck_in_a_call_is_not_responsive_and_calls_on_it_end() {
+    use std::time::{Duration, Instant};
+    use vfailover_netstack::datapath::{CallError, Command, DatapathHandle, DatapathOptions};
 
     let stack = Stack::new(&config(STACK_MAC, "10.0.0.2/24", vec![]), None, None).unwrap();
     let options = DatapathOptions {
@@ -373,7 +373,17 @@ fn a_datapath_stuck_in_a_call_is_not_responsive() {
     datapath.send(Command::Call(Box::new(stuck))).unwrap();
     started.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(!datapath.responsive(Duration::from_millis(100)));
-    // ...and once it is done, the thread answers again.
+    // ...and so is a call: the caller gets an error, not a hang.
+    let t = Instant::now();
+    let late = datapath.call_within(Duration::from_millis(100), |s| s.addresses().len());
+    assert!(matches!(late, Err(CallError::Late(_))), "{late:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    // Once it is done, the thread answers again.
     assert!(datapath.responsive(Duration::from_secs(5)));
+    assert_eq!(datapath.call(|s| s.addresses().len()).unwrap(), 1);
     datapath.stop().unwrap();
 }

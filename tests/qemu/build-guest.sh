@@ -24,7 +24,11 @@ mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
 
 need() { command -v "$1" >/dev/null || { echo "build-guest.sh: '$1' is missing: run packaging/build-deps.sh" >&2; exit 1; }; }
-need busybox; need cpio; need xz; need depmod; need apt-get; need dpkg-deb; need ldd
+need flock; need busybox; need cpio; need xz; need depmod; need apt-get; need dpkg-deb; need ldd
+# One build at a time per OUT_DIR: two test processes started together would otherwise
+# write the same initramfs.cpio.tmp and remove each other's vmlinux link.
+exec 9>"$out/.lock"
+flock 9
 
 # --- kernel (cached) ---------------------------------------------------------------------
 pkg=${VFAILOVER_QEMU_KERNEL:-}
@@ -125,9 +129,12 @@ echo "vfailover:x:999:" >> "$root/etc/group"
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet) > "$out/initramfs.cpio.tmp"
 mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"
 cp "$kdir/boot/vmlinuz-$kver" "$out/vmlinuz"
-rm -f "$out/vmlinux"
 if [ -s "$kdir/boot/vmlinux-$kver" ] && head -c 4 "$kdir/boot/vmlinux-$kver" | grep -q ELF; then
-    ln -s "$kdir/boot/vmlinux-$kver" "$out/vmlinux"
+    # Replaced in one rename: a QEMU of another test starting now still finds it.
+    ln -sfn "$kdir/boot/vmlinux-$kver" "$out/vmlinux.tmp"
+    mv -T "$out/vmlinux.tmp" "$out/vmlinux"
+else
+    rm -f "$out/vmlinux"
 fi
 echo "$kver" > "$out/kernel-version"
 echo "guest: kernel $kver, initramfs $(du -h "$out/initramfs.cpio" | cut -f1), modules: $(tr '\n' ' ' < "$root/etc/modules")"

@@ -20,14 +20,17 @@
 //! - `qemu_ipv6_chatter_on_slaves`: the bridge FDB and the peer's ping with the slaves'
 //!   IPv6 on (kernel default) and off (the udev rule's sysctl), no migration.
 //! - `qemu_vfailover_guest_announce_off` / `_on`: the daemon (`vfailover run`) paired at
-//!   boot, `standby` during the migration, `primary` after, a paced TCP echo byte-exact
-//!   across it, and the agent's gratuitous ARPs seen (off) or not (on, policy auto). They
-//!   skip with a message while the binary has no `run`/`status` subcommands.
+//!   boot, then migrated there and back (two migrations, more than the agent's migration
+//!   window apart): `standby` during each, `primary` after, each counted once, a paced TCP
+//!   echo byte-exact across all of them, and the agent's gratuitous ARPs seen after each
+//!   (off) or never (on, policy auto). They skip with a message while the binary has no
+//!   `run`/`status` subcommands.
 //!
 //! Gate: not root → skip (under `CI=true`: fail); no `qemu-system-x86_64` → skip (under
 //! `CI=true`: fail, naming `packaging/build-deps.sh`). Knobs: `VFAILOVER_QEMU_BYTES` (TCP
 //! echo size, default 4 MiB), `VFAILOVER_QEMU_KEEP=1` (keep the run directory with QEMU and
-//! console logs). Run only these: `cargo test --release -p vfailover --test qemu_migration
+//! console logs), `VFAILOVER_QEMU_APPEND` (more guest kernel arguments, e.g. `loglevel=7`),
+//! `VFAILOVER_QEMU_MIGRATIONS` (migrations per daemon test, default 2; more for a soak). Run only these: `cargo test --release -p vfailover --test qemu_migration
 //! -- --nocapture --test-threads=1`.
 
 use std::collections::HashMap;
@@ -54,6 +57,12 @@ const GUEST_KERNEL_IP: &str = "10.213.0.10";
 const STACK_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 20);
 const PEER_CIDR: &str = "10.213.0.1/24";
 const STATUS_CMD: &str = "/usr/sbin/vfailover status --json --socket /run/vfailover/vfailover.sock";
+
+/// Bytes/s for the RAM copy. The guest sends about 90 MiB, so the copy lasts about 3 s: time
+/// for a `vfailover status` on the source's console even when the host is loaded and the
+/// emulated guest slow (at 1 GiB/s the copy took 0.1 s and a status begun before it could
+/// end only on the destination). Real migrations of a loaded guest take seconds too.
+const MIGRATION_BANDWIDTH: u64 = 32 << 20;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -518,22 +527,55 @@ struct Qemu {
     log: PathBuf,
 }
 
+/// The fabric's two tap pairs (`src-s`/`src-p`, `dst-s`/`dst-p`): a migration goes from
+/// the QEMU on one to a QEMU started on the other, and the next one back.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Taps {
+    Src,
+    Dst,
+}
+
+impl Taps {
+    fn prefix(self) -> &'static str {
+        match self {
+            Taps::Src => "src",
+            Taps::Dst => "dst",
+        }
+    }
+
+    fn other(self) -> Taps {
+        match self {
+            Taps::Src => Taps::Dst,
+            Taps::Dst => Taps::Src,
+        }
+    }
+}
+
 impl Qemu {
+    /// The first QEMU of its role: the source on the `src` taps, the destination on `dst`.
     fn spawn(net: &Net, role: Role, o: &GuestOpts) -> Result<Qemu> {
-        let img = image();
-        let (name, st, pt) = match role {
-            Role::Source => ("src", "src-s", "src-p"),
-            Role::Destination => ("dst", "dst-s", "dst-p"),
+        let taps = match role {
+            Role::Source => Taps::Src,
+            Role::Destination => Taps::Dst,
         };
+        Qemu::spawn_on(net, role, taps, taps.prefix(), o)
+    }
+
+    /// A QEMU on `taps`, its files in the run directory named after `name`.
+    fn spawn_on(net: &Net, role: Role, taps: Taps, name: &str, o: &GuestOpts) -> Result<Qemu> {
+        let img = image();
+        let st = format!("{}-s", taps.prefix());
+        let pt = format!("{}-p", taps.prefix());
         let d = &net.dir;
         let qmp = d.join(format!("{name}.qmp"));
         let ser = d.join(format!("{name}.serial"));
         let log = d.join(format!("{name}.qemu.log"));
         let append = format!(
             "console=ttyS0 panic=-1 quiet vfo.kip={GUEST_KERNEL_IP}/24 vfo.slave_ipv6={} \
-             vfo.daemon={}",
+             vfo.daemon={} {}",
             u8::from(o.slave_ipv6),
-            u8::from(o.daemon)
+            u8::from(o.daemon),
+            std::env::var("VFAILOVER_QEMU_APPEND").unwrap_or_default()
         );
         let ga = if o.guest_announce { "on" } else { "off" };
         let mut args: Vec<String> = vec![
@@ -1007,6 +1049,8 @@ struct MigrationTimes {
     /// `completed` → the re-plugged primary has carrier.
     replug_link_up: Option<Duration>,
     downtime_ms: Option<u64>,
+    /// RAM bytes sent, MiB.
+    ram_mib: Option<f64>,
     statuses: Vec<String>,
 }
 
@@ -1039,7 +1083,7 @@ fn migrate(
     src.qmp
         .cmd(
             "migrate-set-parameters",
-            json!({"max-bandwidth": 1u64 << 30}),
+            json!({"max-bandwidth": MIGRATION_BANDWIDTH}),
         )
         .unwrap();
     let src_from = src.console.len();
@@ -1100,6 +1144,9 @@ fn migrate(
         wait_unplug: wait_unplug.zip(active_after).map(|(w, a)| a - w),
         unplug_to_complete: unplug.map(|u| done.at - u),
         downtime_ms: info.get("downtime").and_then(Value::as_u64),
+        ram_mib: info["ram"]["transferred"]
+            .as_u64()
+            .map(|b| b as f64 / f64::from(1 << 20)),
         statuses: evs
             .iter()
             .filter(|e| e.at >= t0 && e.name == "MIGRATION")
@@ -1137,11 +1184,12 @@ fn ms(d: Option<Duration>) -> String {
 
 fn print_times(label: &str, t: &MigrationTimes) {
     eprintln!(
-        "[{label}] migration: total {} (downtime {} ms), UNPLUG_PRIMARY after {}, guest \
+        "[{label}] migration: total {} (downtime {} ms, {} MiB sent), UNPLUG_PRIMARY after {}, guest \
          released the primary after {}, wait-unplug {}, unplug→completed {}, re-plug on the \
          destination {} after completion, its link up {} after completion; states {:?}",
         ms(Some(t.total)),
         t.downtime_ms.map_or("-".into(), |d| d.to_string()),
+        t.ram_mib.map_or("-".into(), |m| format!("{m:.0}")),
         ms(t.unplug_requested),
         ms(t.guest_released),
         ms(t.wait_unplug),
@@ -1496,6 +1544,20 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Migrations per `qemu_vfailover_*` test (`VFAILOVER_QEMU_MIGRATIONS`, default 2: there
+/// and back). They are spaced by more than the agent's 10 s migration window, so each one
+/// counts and announces on its own.
+fn migrations_per_test() -> u32 {
+    std::env::var("VFAILOVER_QEMU_MIGRATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(2)
+}
+
+/// Longer than the agent's migration window (`migration::MIGRATION_WINDOW`, 10 s).
+const BETWEEN_MIGRATIONS: Duration = Duration::from_secs(11);
+
 fn vfailover_case(guest_announce: bool) {
     let label = if guest_announce {
         "guest_announce=on"
@@ -1506,98 +1568,143 @@ fn vfailover_case(guest_announce: bool) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4 << 20);
+    let migrations = migrations_per_test();
     let net = Net::create().unwrap();
     let opts = GuestOpts {
         guest_announce,
         slave_ipv6: false,
         daemon: true,
     };
-    let mut src = Qemu::spawn(&net, Role::Source, &opts).unwrap();
-    let (boot_time, nd) = boot(&mut src);
+    let mut vm = Qemu::spawn(&net, Role::Source, &opts).unwrap();
+    let mut taps = Taps::Src;
+    let (boot_time, nd) = boot(&mut vm);
     eprintln!("[{label}] boot {:.1} s", boot_time.as_secs_f64());
-    assert_eq!(guest_announce_bit(&mut src.console, &nd), guest_announce);
+    assert_eq!(guest_announce_bit(&mut vm.console, &nd), guest_announce);
 
     // Paired at boot, on the primary.
-    let v = wait_path(&mut src.console, "primary", Duration::from_secs(60));
+    let v = wait_path(&mut vm.console, "primary", Duration::from_secs(60));
     let p = pair0(&v);
     assert!(p["standby"].is_object() && p["primary"].is_object(), "{p}");
     assert_eq!(p["guest_announce"], json!(guest_announce), "{p}");
     let migrations_before = p["migrations_detected"].as_u64().unwrap_or(0);
 
-    // The stream starts on the primary and is paced to end well after the migration.
-    let echo = Echo::start(&net, bytes, Duration::from_secs(15));
+    // The stream starts on the primary and is paced to end well after the last migration.
+    let pace = Duration::from_secs(15) + (BETWEEN_MIGRATIONS * 2) * (migrations - 1);
+    let echo = Echo::start(&net, bytes, pace);
     thread::sleep(Duration::from_secs(3));
-    let mut dst = Qemu::spawn(&net, Role::Destination, &opts).unwrap();
     let stop = Arc::new(Mutex::new(false));
     let cap = capture_announces(&net, stop.clone());
-    let mut paths_during: Vec<String> = Vec::new();
-    let t = migrate(&mut src, &mut dst, &net, &nd, |q| {
-        // While QEMU waits for the unplug or copies RAM, the agent must be on the standby.
-        if let Ok(v) = status(&mut q.console) {
-            let path = pair0(&v)["path"].as_str().unwrap_or("?").to_string();
-            if paths_during.last() != Some(&path) {
-                paths_during.push(path);
+    let mut started = Vec::new();
+    let mut announces_before = p["announces_sent"].as_u64().unwrap_or(0);
+    for n in 1..=migrations {
+        taps = taps.other();
+        let name = if n == 1 {
+            taps.prefix().to_string()
+        } else {
+            format!("{}{n}", taps.prefix())
+        };
+        let mut dst = Qemu::spawn_on(&net, Role::Destination, taps, &name, &opts).unwrap();
+        let mut paths_during: Vec<String> = Vec::new();
+        started.push(Instant::now());
+        let t = migrate(&mut vm, &mut dst, &net, &nd, |q| {
+            // While QEMU waits for the unplug or copies RAM, the agent must be on the standby.
+            if let Ok(v) = status(&mut q.console) {
+                let path = pair0(&v)["path"].as_str().unwrap_or("?").to_string();
+                if paths_during.last() != Some(&path) {
+                    paths_during.push(path);
+                }
             }
+        });
+        let tag = format!("{label}, migration {n} of {migrations}");
+        print_times(&tag, &t);
+        eprintln!("[{tag}] paths seen on the source during the migration: {paths_during:?}");
+        assert!(
+            dst.alive(),
+            "the destination QEMU exited after migration {n}; its log: {}\nconsole:\n{}",
+            dst.log(),
+            tail(&dst.console, 60)
+        );
+        assert!(
+            paths_during.iter().any(|p| p == "standby"),
+            "migration {n}: never saw path standby during the migration: {paths_during:?}"
+        );
+        let after = wait_path(&mut dst.console, "primary", Duration::from_secs(60));
+        assert_replugged(&mut dst, &nd);
+        let replugged = Instant::now();
+        // The source is done with: from here the guest lives on `dst`.
+        vm = dst;
+        let pa = pair0(&after);
+        eprintln!(
+            "[{tag}] after: path {}, switches {}, migrations_detected {}, announces_sent {}",
+            pa["path"], pa["switches"], pa["migrations_detected"], pa["announces_sent"],
+        );
+        assert_eq!(
+            pa["migrations_detected"].as_u64(),
+            Some(migrations_before + u64::from(n)),
+            "each migration counts once: {pa}"
+        );
+        assert!(
+            pa["switches"].as_u64().unwrap_or(0) >= 2 * u64::from(n),
+            "{pa}"
+        );
+        let announces = pa["announces_sent"].as_u64().unwrap_or(0);
+        if guest_announce {
+            assert_eq!(
+                announces, 0,
+                "policy auto announced although the device does: {pa}"
+            );
+        } else {
+            assert!(
+                announces > announces_before,
+                "migration {n} not announced: {pa}"
+            );
         }
-    });
-    print_times(label, &t);
-    eprintln!("[{label}] paths seen on the source during the migration: {paths_during:?}");
-    assert!(
-        dst.alive(),
-        "the destination QEMU exited after the migration; its log: {}\nconsole:\n{}",
-        dst.log(),
-        tail(&dst.console, 60)
-    );
-    let after = wait_path(&mut dst.console, "primary", Duration::from_secs(60));
-    assert_replugged(&mut dst, &nd);
+        announces_before = announces;
+        if n < migrations {
+            // The next migration must not fall in this one's window.
+            thread::sleep(BETWEEN_MIGRATIONS.saturating_sub(replugged.elapsed()));
+        }
+    }
     let report = echo.finish();
     thread::sleep(Duration::from_secs(3));
     *stop.lock().unwrap() = true;
     let ann = cap.join().unwrap().unwrap();
-    let pa = pair0(&after);
+    // The agent's GARPs, by the migration they follow.
+    let garps: Vec<usize> = (0..started.len())
+        .map(|i| {
+            let until = started.get(i + 1);
+            ann.agent_garp
+                .iter()
+                .filter(|at| **at >= started[i] && until.is_none_or(|u| *at < u))
+                .count()
+        })
+        .collect();
     eprintln!(
-        "[{label}] after: path {}, switches {}, migrations_detected {}, announces_sent {}; \
-         peer saw {} agent GARPs for {STACK_IP}, {} RARPs (QEMU), {} kernel GARPs, {} NAs; \
-         echo {:?}",
-        pa["path"],
-        pa["switches"],
-        pa["migrations_detected"],
-        pa["announces_sent"],
-        ann.agent_garp.len(),
+        "[{label}] peer saw agent GARPs for {STACK_IP} after each migration {garps:?}, {} RARPs \
+         (QEMU), {} kernel GARPs, {} NAs; echo {:?}",
         ann.rarp.len(),
         ann.kernel_garp,
         ann.na,
         report
     );
-    assert!(
-        paths_during.iter().any(|p| p == "standby"),
-        "never saw path standby during the migration: {paths_during:?}"
-    );
     let r = report.unwrap();
     assert_eq!(r.bytes, bytes);
     assert_eq!(r.sent_sha, r.echoed_sha, "the echoed stream differs");
     eprintln!(
-        "[{label}] TCP echo {} bytes in {:.1} s, byte-exact",
+        "[{label}] TCP echo {} bytes in {:.1} s across {migrations} migrations, byte-exact",
         r.bytes,
         r.took.as_secs_f64()
     );
-    assert!(
-        pa["migrations_detected"].as_u64().unwrap_or(0) > migrations_before,
-        "no migration detected: {pa}"
-    );
-    assert!(pa["switches"].as_u64().unwrap_or(0) >= 2, "{pa}");
     if guest_announce {
         assert!(
             ann.agent_garp.is_empty(),
             "policy auto announced although the device does: {ann:?}"
         );
-        assert_eq!(pa["announces_sent"].as_u64(), Some(0), "{pa}");
     } else {
         assert!(
-            !ann.agent_garp.is_empty(),
-            "no gratuitous ARP for {STACK_IP}: {ann:?}"
+            garps.iter().all(|g| *g > 0),
+            "a migration without a gratuitous ARP for {STACK_IP}: {garps:?}"
         );
-        assert!(pa["announces_sent"].as_u64().unwrap_or(0) > 0, "{pa}");
     }
 }
 

@@ -740,6 +740,38 @@ fn boot(src: &mut Qemu) -> (Duration, Netdevs) {
     (at - t, netdevs)
 }
 
+/// What the guest kernel prints when something is wrong in it.
+const KERNEL_TROUBLE: [&str; 6] = [
+    "BUG:",
+    "Oops",
+    "WARNING:",
+    "Call Trace:",
+    "corruption",
+    "Kernel panic",
+];
+
+/// The kernel log from a little before its first trouble report, if any. Read with `dmesg`
+/// (the guest's console shows only emergencies: init sets `dmesg -n 1`); from the console
+/// when the guest no longer answers (an oops or panic forces its report there).
+fn kernel_trouble(c: &mut Console) -> Option<String> {
+    let log: Vec<String> = match c.run("dmesg", Duration::from_secs(20)) {
+        Ok((0, out)) => out.lines().map(str::to_string).collect(),
+        _ => c.lines_since(0).into_iter().map(|(_, s)| s).collect(),
+    };
+    let first = log
+        .iter()
+        .position(|s| KERNEL_TROUBLE.iter().any(|k| s.contains(k)))?;
+    Some(log[first.saturating_sub(10)..].join("\n"))
+}
+
+/// The guest kernel has reported no BUG, oops, warning or corruption since it booted (or
+/// since the last `dmesg -c`).
+fn assert_kernel_quiet(c: &mut Console) {
+    if let Some(report) = kernel_trouble(c) {
+        panic!("{}: the guest kernel reported trouble:\n{report}", c.tag);
+    }
+}
+
 fn tail(c: &Console, n: usize) -> String {
     let all = c.lines_since(0);
     all[all.len().saturating_sub(n)..]
@@ -1258,6 +1290,17 @@ fn qemu_harness_failover_migration() {
             .any(|e| e.name == "FAILOVER_NEGOTIATED" && e.data["device-id"] == "standby0"),
         "no FAILOVER_NEGOTIATED event"
     );
+    // The kernel trouble check sees a report in the kernel log.
+    src.console
+        .must("echo '<3>vfailover-test: BUG: planted by the test' > /dev/kmsg");
+    let planted = kernel_trouble(&mut src.console);
+    assert!(
+        planted
+            .as_deref()
+            .is_some_and(|r| r.contains("planted by the test")),
+        "a BUG line in the kernel log was not noticed: {planted:?}"
+    );
+    src.console.must("dmesg -c > /dev/null");
     // What a migration can leave behind: half a command, with an open quote.
     src.console
         .stream
@@ -1331,6 +1374,7 @@ fn qemu_harness_failover_migration() {
     );
     let st = dst.qmp.cmd("query-status", json!({})).unwrap();
     assert_eq!(st["status"], "running", "{st}");
+    assert_kernel_quiet(&mut dst.console);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1447,6 +1491,8 @@ fn wait_path(c: &mut Console, path: &str, timeout: Duration) -> Value {
         }
         thread::sleep(Duration::from_millis(300));
     }
+    // A guest kernel in trouble explains the rest: say that first, from its start.
+    assert_kernel_quiet(c);
     let log = c.run("tail -n 40 /run/vfailover.log", Duration::from_secs(10));
     panic!(
         "path did not become {path} in {timeout:?}: {last:?}; daemon log: {log:?}; console:\n{}",
@@ -1618,12 +1664,14 @@ fn vfailover_case(guest_announce: bool) {
         let tag = format!("{label}, migration {n} of {migrations}");
         print_times(&tag, &t);
         eprintln!("[{tag}] paths seen on the source during the migration: {paths_during:?}");
-        assert!(
-            dst.alive(),
-            "the destination QEMU exited after migration {n}; its log: {}\nconsole:\n{}",
-            dst.log(),
-            tail(&dst.console, 60)
-        );
+        if !dst.alive() {
+            assert_kernel_quiet(&mut dst.console);
+            panic!(
+                "the destination QEMU exited after migration {n}; its log: {}\nconsole:\n{}",
+                dst.log(),
+                tail(&dst.console, 60)
+            );
+        }
         assert!(
             paths_during.iter().any(|p| p == "standby"),
             "migration {n}: never saw path standby during the migration: {paths_during:?}"
@@ -1631,6 +1679,7 @@ fn vfailover_case(guest_announce: bool) {
         let after = wait_path(&mut dst.console, "primary", Duration::from_secs(60));
         assert_replugged(&mut dst, &nd);
         let replugged = Instant::now();
+        assert_kernel_quiet(&mut dst.console);
         // The source is done with: from here the guest lives on `dst`.
         vm = dst;
         let pa = pair0(&after);
@@ -1669,6 +1718,7 @@ fn vfailover_case(guest_announce: bool) {
     thread::sleep(Duration::from_secs(3));
     *stop.lock().unwrap() = true;
     let ann = cap.join().unwrap().unwrap();
+    assert_kernel_quiet(&mut vm.console);
     // The agent's GARPs, by the migration they follow.
     let garps: Vec<usize> = (0..started.len())
         .map(|i| {

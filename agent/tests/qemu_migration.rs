@@ -1074,6 +1074,8 @@ struct MigrationTimes {
     wait_unplug: Option<Duration>,
     /// `migrate` → `completed`.
     total: Duration,
+    /// When QMP said `completed`.
+    completed_at: Option<Instant>,
     /// UNPLUG_PRIMARY → `completed`.
     unplug_to_complete: Option<Duration>,
     /// `completed` → the primary re-registered on the destination (console).
@@ -1172,6 +1174,7 @@ fn migrate(
     });
     let mut t = MigrationTimes {
         total: done.at - t0,
+        completed_at: Some(done.at),
         unplug_requested: unplug.map(|u| u - t0),
         wait_unplug: wait_unplug.zip(active_after).map(|(w, a)| a - w),
         unplug_to_complete: unplug.map(|u| done.at - u),
@@ -1641,6 +1644,7 @@ fn vfailover_case(guest_announce: bool) {
     let stop = Arc::new(Mutex::new(false));
     let cap = capture_announces(&net, stop.clone());
     let mut started = Vec::new();
+    let mut times: Vec<MigrationTimes> = Vec::new();
     let mut announces_before = p["announces_sent"].as_u64().unwrap_or(0);
     for n in 1..=migrations {
         taps = taps.other();
@@ -1651,11 +1655,17 @@ fn vfailover_case(guest_announce: bool) {
         };
         let mut dst = Qemu::spawn_on(&net, Role::Destination, taps, &name, &opts).unwrap();
         let mut paths_during: Vec<String> = Vec::new();
+        // The agent's own clock: when it switched to the standby.
+        let mut to_standby_at: Option<f64> = None;
         started.push(Instant::now());
         let t = migrate(&mut vm, &mut dst, &net, &nd, |q| {
             // While QEMU waits for the unplug or copies RAM, the agent must be on the standby.
             if let Ok(v) = status(&mut q.console) {
-                let path = pair0(&v)["path"].as_str().unwrap_or("?").to_string();
+                let p = pair0(&v);
+                let path = p["path"].as_str().unwrap_or("?").to_string();
+                if path == "standby" && p["last_switch"]["to"] == "standby" {
+                    to_standby_at = p["last_switch"]["at_unix"].as_f64();
+                }
                 if paths_during.last() != Some(&path) {
                     paths_during.push(path);
                 }
@@ -1683,10 +1693,18 @@ fn vfailover_case(guest_announce: bool) {
         // The source is done with: from here the guest lives on `dst`.
         vm = dst;
         let pa = pair0(&after);
+        let back_at = pa["last_switch"]["at_unix"].as_f64();
+        let on_standby = to_standby_at.zip(back_at).map(|(a, b)| b - a);
         eprintln!(
-            "[{tag}] after: path {}, switches {}, migrations_detected {}, announces_sent {}",
-            pa["path"], pa["switches"], pa["migrations_detected"], pa["announces_sent"],
+            "[{tag}] after: path {}, switches {}, migrations_detected {}, announces_sent {}; \
+             on the standby {} s (the agent's clock, from its switch there to its switch back)",
+            pa["path"],
+            pa["switches"],
+            pa["migrations_detected"],
+            pa["announces_sent"],
+            on_standby.map_or("?".into(), |d| format!("{d:.2}")),
         );
+        times.push(t);
         assert_eq!(
             pa["migrations_detected"].as_u64(),
             Some(migrations_before + u64::from(n)),
@@ -1720,15 +1738,30 @@ fn vfailover_case(guest_announce: bool) {
     let ann = cap.join().unwrap().unwrap();
     assert_kernel_quiet(&mut vm.console);
     // The agent's GARPs, by the migration they follow.
-    let garps: Vec<usize> = (0..started.len())
+    let after_each: Vec<Vec<Instant>> = (0..started.len())
         .map(|i| {
             let until = started.get(i + 1);
             ann.agent_garp
                 .iter()
-                .filter(|at| **at >= started[i] && until.is_none_or(|u| *at < u))
-                .count()
+                .copied()
+                .filter(|at| *at >= started[i] && until.is_none_or(|u| at < u))
+                .collect()
         })
         .collect();
+    let garps: Vec<usize> = after_each.iter().map(Vec::len).collect();
+    for (i, (sent, t)) in after_each.iter().zip(&times).enumerate() {
+        let Some(done) = t.completed_at.filter(|_| !sent.is_empty()) else {
+            continue;
+        };
+        let since = |at: &Instant| ms(Some(at.saturating_duration_since(done)));
+        eprintln!(
+            "[{label}, migration {}] agent GARPs at {} after the migration completed (the \
+             replug, the agent's signal here, came {} after it)",
+            i + 1,
+            sent.iter().map(since).collect::<Vec<_>>().join(", "),
+            ms(t.replug),
+        );
+    }
     eprintln!(
         "[{label}] peer saw agent GARPs for {STACK_IP} after each migration {garps:?}, {} RARPs \
          (QEMU), {} kernel GARPs, {} NAs; echo {:?}",

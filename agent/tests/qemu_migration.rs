@@ -30,7 +30,8 @@
 //! `CI=true`: fail, naming `packaging/build-deps.sh`). Knobs: `VFAILOVER_QEMU_BYTES` (TCP
 //! echo size, default 4 MiB), `VFAILOVER_QEMU_KEEP=1` (keep the run directory with QEMU and
 //! console logs), `VFAILOVER_QEMU_APPEND` (more guest kernel arguments, e.g. `loglevel=7`),
-//! `VFAILOVER_QEMU_MIGRATIONS` (migrations per daemon test, default 2; more for a soak). Run only these: `cargo test --release -p vfailover --test qemu_migration
+//! `VFAILOVER_QEMU_MIGRATIONS` (migrations per daemon test, default 2; more for a soak),
+//! `VFAILOVER_QEMU_BANDWIDTH` (MiB/s for the RAM copy, default 32). Run only these: `cargo test --release -p vfailover --test qemu_migration
 //! -- --nocapture --test-threads=1`.
 
 use std::collections::HashMap;
@@ -58,11 +59,19 @@ const STACK_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 20);
 const PEER_CIDR: &str = "10.213.0.1/24";
 const STATUS_CMD: &str = "/usr/sbin/vfailover status --json --socket /run/vfailover/vfailover.sock";
 
-/// Bytes/s for the RAM copy. The guest sends about 90 MiB, so the copy lasts about 3 s: time
-/// for a `vfailover status` on the source's console even when the host is loaded and the
-/// emulated guest slow (at 1 GiB/s the copy took 0.1 s and a status begun before it could
-/// end only on the destination). Real migrations of a loaded guest take seconds too.
-const MIGRATION_BANDWIDTH: u64 = 32 << 20;
+/// Bytes/s for the RAM copy: `VFAILOVER_QEMU_BANDWIDTH` MiB/s, default 32. The guest sends
+/// about 90 MiB, so the copy lasts about 3 s: time for a `vfailover status` on the source's
+/// console even when the host is loaded and the emulated guest slow (at 1 GiB/s the copy
+/// took 0.1 s and a status begun before it could end only on the destination). Real
+/// migrations of a loaded guest take seconds too.
+fn migration_bandwidth() -> u64 {
+    let mib: u64 = std::env::var("VFAILOVER_QEMU_BANDWIDTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|m| *m > 0)
+        .unwrap_or(32);
+    mib << 20
+}
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -1117,7 +1126,7 @@ fn migrate(
     src.qmp
         .cmd(
             "migrate-set-parameters",
-            json!({"max-bandwidth": MIGRATION_BANDWIDTH}),
+            json!({"max-bandwidth": migration_bandwidth()}),
         )
         .unwrap();
     let src_from = src.console.len();

@@ -8,6 +8,7 @@
 //! back to the main loop, which attaches them only if the device is still
 //! the pair's.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -22,7 +23,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use vfailover_netstack::datapath::{Command, DatapathHandle, DatapathOptions};
+use vfailover_netstack::datapath::{
+    CallError, Command, DatapathHandle, DatapathOptions, CALL_TIMEOUT,
+};
 use vfailover_netstack::link::packet::PacketLink;
 use vfailover_netstack::link::xdp::{XdpConfig, XdpLink, XdpModeRequest};
 use vfailover_netstack::link::Link;
@@ -95,7 +98,14 @@ struct PairRuntime {
     migration: MigrationWindow,
     schedule: Option<AnnounceSchedule>,
     announce_frames: u64,
+    /// The datapath's last status call came back late: the next ones wait only
+    /// [`LATE_DATAPATH_WAIT`], so a stuck datapath costs the main loop (the
+    /// control socket, systemd's STATUS= refresh) little until it answers again.
+    datapath_late: Cell<bool>,
 }
+
+/// How long a status waits on a datapath that was late the last time.
+const LATE_DATAPATH_WAIT: Duration = Duration::from_millis(50);
 
 struct Daemon {
     config_path: PathBuf,
@@ -690,6 +700,7 @@ impl PairRuntime {
             migration: MigrationWindow::default(),
             schedule: None,
             announce_frames: 0,
+            datapath_late: Cell::new(false),
         })
     }
 
@@ -715,7 +726,12 @@ impl PairRuntime {
     }
 
     fn status(&self, name: &str) -> PairStatus {
-        let snapshot = self.datapath.call(|s| {
+        let within = if self.datapath_late.get() {
+            LATE_DATAPATH_WAIT
+        } else {
+            CALL_TIMEOUT
+        };
+        let snapshot = self.datapath.call_within(within, |s| {
             let d = s.device();
             let link = |l: Option<&dyn Link>| {
                 l.map(|l| {
@@ -739,6 +755,8 @@ impl PairRuntime {
             )
         });
         let mac = self.mac.map(format_mac).unwrap_or_default();
+        self.datapath_late
+            .set(matches!(snapshot, Err(CallError::Late(_))));
         let (path, stats, primary, standby, addresses) = match snapshot {
             Ok(snapshot) => snapshot,
             Err(e) => {
@@ -919,4 +937,46 @@ fn unix_secs(at: SystemTime) -> f64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> PairRuntime {
+        let text = "[[pair]]\naddresses = [\"10.0.0.2/24\"]\n";
+        let config = Config::parse(text, "test").unwrap();
+        PairRuntime::start(&config.pairs[0]).unwrap()
+    }
+
+    #[test]
+    fn a_stuck_datapath_costs_status_one_full_wait_then_little() {
+        let p = pair();
+        assert_eq!(p.status("p").datapath_error, None);
+        let (started_tx, started) = mpsc::channel();
+        p.datapath
+            .send(Command::Call(Box::new(move |_| {
+                let _ = started_tx.send(());
+                std::thread::sleep(CALL_TIMEOUT + Duration::from_secs(1));
+            })))
+            .unwrap();
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        let t = Instant::now();
+        let first = p.status("p");
+        assert!(t.elapsed() >= CALL_TIMEOUT, "{:?}", t.elapsed());
+        assert!(
+            first.datapath_error.is_some() && first.degraded,
+            "{first:?}"
+        );
+        // Still stuck: the next status does not wait the full bound again.
+        let t = Instant::now();
+        let second = p.status("p");
+        assert!(t.elapsed() < CALL_TIMEOUT / 4, "{:?}", t.elapsed());
+        assert!(second.datapath_error.is_some(), "{second:?}");
+        // Once the datapath is back, so is the full status (a busy machine may need a
+        // few of the short waits).
+        assert!(p.datapath.responsive(Duration::from_secs(5)));
+        let back = (0..40).find_map(|_| Some(p.status("p")).filter(|s| s.datapath_error.is_none()));
+        assert_eq!(back.map(|s| s.path), Some("none".to_string()));
+    }
 }

@@ -31,7 +31,8 @@
 //! echo size, default 4 MiB), `VFAILOVER_QEMU_KEEP=1` (keep the run directory with QEMU and
 //! console logs), `VFAILOVER_QEMU_APPEND` (more guest kernel arguments, e.g. `loglevel=7`),
 //! `VFAILOVER_QEMU_MIGRATIONS` (migrations per daemon test, default 2; more for a soak),
-//! `VFAILOVER_QEMU_BANDWIDTH` (MiB/s for the RAM copy, default 32), `VFAILOVER_QEMU_ACCEL`
+//! `VFAILOVER_QEMU_LIVE_COPY=1` (copy RAM while the guest runs, see [`live_copy`]),
+//! `VFAILOVER_QEMU_BANDWIDTH` (MiB/s of a live copy, default 32), `VFAILOVER_QEMU_ACCEL`
 //! (QEMU's `-accel`, default `tcg`). Run only these: `cargo test --release -p vfailover --test qemu_migration
 //! -- --nocapture --test-threads=1`.
 
@@ -1181,11 +1182,9 @@ fn mon_line_is_primary(s: &str, nd: &Netdevs) -> Option<bool> {
     Some(flags.split(',').any(|f| f == "LOWER_UP") && !flags.contains("NO-CARRIER"))
 }
 
-/// Migrate `src` to `dst` (already listening), and measure. `during` is called repeatedly
-/// while the source runs the migration (poll the guest from there).
-/// Migrate the guest from `src` to `dst` (see [`live_copy`] for how RAM is copied).
-/// `during` runs over and over with the source while the guest runs there, and once with
-/// the destination as soon as the guest runs there.
+/// Migrate the guest from `src` to `dst` (already listening; see [`live_copy`] for how RAM
+/// is copied), and measure. `during` runs over and over with the source while the guest
+/// runs there, and once with the destination as soon as the guest runs there.
 fn migrate(
     src: &mut Qemu,
     dst: &mut Qemu,
@@ -1233,24 +1232,13 @@ fn migrate(
             src.qmp.cmd("query-migrate", json!({}))
         );
         // Nothing more for a stopped guest's console.
-        if live
-            || !src
-                .qmp
-                .events()
-                .iter()
-                .any(|e| e.at >= t0 && e.name == "STOP")
-        {
+        if live || stopped_at(&src.qmp, t0).is_none() {
             during(src);
         }
         thread::sleep(Duration::from_millis(10));
     };
     src.qmp.stop_on_active.store(false, Ordering::SeqCst);
-    let stopped = src
-        .qmp
-        .events()
-        .iter()
-        .find(|e| e.at >= t0 && e.name == "STOP")
-        .map(|e| e.at);
+    let stopped = stopped_at(&src.qmp, t0);
     let mut paused = None;
     if !live && done.data["status"] == "completed" {
         // The source was stopped, so the destination waits for a `cont`.
@@ -1321,6 +1309,14 @@ fn migrate(
         });
     t.replug_link_up = up.map(|(_, at, _)| at.saturating_duration_since(done.at));
     t
+}
+
+/// When the guest was stopped (QMP `STOP`) since `t0`.
+fn stopped_at(qmp: &Qmp, t0: Instant) -> Option<Instant> {
+    qmp.events()
+        .iter()
+        .find(|e| e.at >= t0 && e.name == "STOP")
+        .map(|e| e.at)
 }
 
 fn ms(d: Option<Duration>) -> String {
@@ -1731,6 +1727,19 @@ fn next_destination(net: &Net, taps: &mut Taps, n: u32, opts: &GuestOpts) -> Qem
     Qemu::spawn_on(net, Role::Destination, *taps, &name, opts).unwrap()
 }
 
+/// The destination QEMU of migration `n` still runs; if not, what its guest kernel said
+/// (a panic ends QEMU: `-no-reboot`), else its log and console.
+fn assert_destination_alive(dst: &mut Qemu, n: u32) {
+    if !dst.alive() {
+        assert_kernel_quiet(&mut dst.console);
+        panic!(
+            "the destination QEMU exited after migration {n}; its log: {}\nconsole:\n{}",
+            dst.log(),
+            tail(&dst.console, 60)
+        );
+    }
+}
+
 /// Longer than the agent's migration window (`migration::MIGRATION_WINDOW`, 10 s).
 const BETWEEN_MIGRATIONS: Duration = Duration::from_secs(11);
 
@@ -1800,14 +1809,7 @@ fn vfailover_case(guest_announce: bool) {
             "[{tag}] paths seen during the migration (the source while the guest ran there, \
              then the destination as it started): {paths_during:?}"
         );
-        if !dst.alive() {
-            assert_kernel_quiet(&mut dst.console);
-            panic!(
-                "the destination QEMU exited after migration {n}; its log: {}\nconsole:\n{}",
-                dst.log(),
-                tail(&dst.console, 60)
-            );
-        }
+        assert_destination_alive(&mut dst, n);
         assert!(
             paths_during.iter().any(|p| p == "standby"),
             "migration {n}: never saw path standby during the migration: {paths_during:?}"
@@ -1968,13 +1970,7 @@ fn qemu_soak_without_agent() {
         let mut dst = next_destination(&net, &mut taps, n, &opts);
         let t = migrate(&mut vm, &mut dst, &net, &nd, |_| {});
         print_times(&format!("no agent, migration {n} of {migrations}"), &t);
-        if !dst.alive() {
-            assert_kernel_quiet(&mut dst.console);
-            panic!(
-                "the destination QEMU exited after migration {n}: {}",
-                dst.log()
-            );
-        }
+        assert_destination_alive(&mut dst, n);
         assert_replugged(&mut dst, &nd);
         assert_kernel_quiet(&mut dst.console);
         vm = dst;

@@ -73,18 +73,12 @@ pub struct DatapathGone;
 /// Why [`DatapathHandle::call`] has no result.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("the datapath thread has stopped")]
-    Gone,
+    #[error(transparent)]
+    Gone(#[from] DatapathGone),
     /// Stuck, or busy for longer than any call should take: the caller
     /// (the daemon's one control thread) must not wait on it forever.
     #[error("the datapath thread did not answer within {0:?}")]
     Late(Duration),
-}
-
-impl From<DatapathGone> for CallError {
-    fn from(_: DatapathGone) -> Self {
-        CallError::Gone
-    }
 }
 
 /// Sends commands to a datapath; cheap to clone, for threads that open
@@ -175,7 +169,7 @@ impl DatapathHandle {
         })))?;
         result.recv_timeout(within).map_err(|e| match e {
             RecvTimeoutError::Timeout => CallError::Late(within),
-            RecvTimeoutError::Disconnected => CallError::Gone,
+            RecvTimeoutError::Disconnected => CallError::Gone(DatapathGone),
         })
     }
 

@@ -16,11 +16,13 @@
  * Built by netstack/build.rs with `clang -target bpf -O2 -g`. Headers:
  * bpf/bpf_helpers.h and bpf/bpf_endian.h from libbpf-sys (DEP_BPF_INCLUDE),
  * the UAPI linux headers from linux-libc-dev, asm headers from the multiarch
- * directory.
+ * directory, and nothing from the C library: glibc's headers ask for
+ * gnu/stubs-32.h under `-target bpf`, which only libc6-dev-i386 has.
+ * linux/if_arp.h pulls in sys/socket.h, so the ARP header is declared here;
+ * build.rs refuses any header outside those directories.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
-#include <linux/if_arp.h>
 #include <linux/in.h>
 #include <linux/in6.h>
 #include <linux/ip.h>
@@ -30,6 +32,16 @@
 #include <bpf/bpf_endian.h>
 
 #define NDISC_NEIGHBOUR_SOLICITATION 135
+#define ARPHRD_ETHER 1
+
+/* The fixed part of an ARP packet (linux/if_arp.h's struct arphdr). */
+struct arp_header {
+	__be16 ar_hrd;
+	__be16 ar_pro;
+	__u8 ar_hln;
+	__u8 ar_pln;
+	__be16 ar_op;
+};
 
 /* One socket per RX queue; the loader sizes it to the queue count. */
 struct {
@@ -54,7 +66,7 @@ struct {
 	__type(value, __u8);
 } addrs_v6 SEC(".maps");
 
-/* The Ethernet/IPv4 body of an ARP packet after struct arphdr. */
+/* The Ethernet/IPv4 body of an ARP packet after its fixed part. */
 struct arp_eth_ipv4 {
 	__u8 sha[ETH_ALEN];
 	__u8 spa[4];
@@ -88,7 +100,7 @@ static __always_inline int v6_owned(const void *addr)
 
 static __always_inline int filter_arp(struct xdp_md *ctx, void *l3, void *end)
 {
-	struct arphdr *arp = l3;
+	struct arp_header *arp = l3;
 	struct arp_eth_ipv4 *body = (void *)(arp + 1);
 
 	if ((void *)(body + 1) > end)

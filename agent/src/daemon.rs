@@ -29,6 +29,7 @@ use vfailover_netstack::datapath::{
 use vfailover_netstack::link::packet::PacketLink;
 use vfailover_netstack::link::xdp::{XdpConfig, XdpLink, XdpModeRequest};
 use vfailover_netstack::link::Link;
+use vfailover_netstack::resend::ResendLimits;
 use vfailover_netstack::stack::{Buffers, Stack, StackConfig};
 use vfailover_netstack::stats::{Path as DataPath, PathCounters};
 
@@ -566,6 +567,13 @@ impl Daemon {
             tracing::info!(%pair, %signal, ?guest_announce, policy = p.config.announce.as_str(), "not announcing");
         }
         self.run_schedules();
+        // After the first announce, so the network knows where to send the
+        // peer's answers: what went out before it may have been lost.
+        if let Some(p) = self.pairs.get(pair) {
+            if let Err(e) = p.datapath.call(|s| s.device_mut().resend_unacked()) {
+                tracing::warn!(%pair, error = %e, "cannot resend unacknowledged TCP segments");
+            }
+        }
     }
 
     fn run_schedules(&mut self) {
@@ -776,6 +784,7 @@ impl PairRuntime {
                     announces_sent: self.announce_frames,
                     addresses: Vec::new(),
                     tx_no_path: 0,
+                    resend: Default::default(),
                     fast_path_error: self.fast_path_error.clone(),
                     datapath_error: Some(e.to_string()),
                 }
@@ -813,6 +822,7 @@ impl PairRuntime {
             announces_sent: self.announce_frames,
             addresses,
             tx_no_path: stats.tx_no_path,
+            resend: stats.resend,
             fast_path_error: self.fast_path_error.clone(),
             datapath_error: None,
         }
@@ -837,6 +847,7 @@ pub fn stack_config(config: &PairConfig, mac: [u8; 6]) -> StackConfig {
         services: config.services.clone(),
         mtu: config.mtu,
         buffers: Buffers::default(),
+        resend: ResendLimits::default(),
     }
 }
 

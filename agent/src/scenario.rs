@@ -19,6 +19,7 @@ use vfailover_netstack::link::packet::PacketLink;
 use vfailover_netstack::link::xdp::{XdpConfig, XdpLink};
 use vfailover_netstack::link::{Link, LinkMode};
 use vfailover_netstack::monitor::{LinkEvent, LinkMonitor};
+use vfailover_netstack::resend::ResendLimits;
 use vfailover_netstack::stack::{Buffers, ServiceConfig, ServiceKind, Stack, StackConfig};
 use vfailover_netstack::stats::{Path, Stats};
 
@@ -73,6 +74,7 @@ impl GuestStack {
             ],
             mtu: 1500,
             buffers: Buffers::default(),
+            resend: ResendLimits::default(),
         };
         let addrs = addresses.clone();
         let datapath = lab.in_ns(Ns::Guest, move || -> Result<DatapathHandle> {

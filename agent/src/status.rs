@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use vfailover_netstack::resend::ResendCounters;
 use vfailover_netstack::stats::PathCounters;
 
 /// The whole daemon.
@@ -49,6 +50,9 @@ pub struct PairStatus {
     pub addresses: Vec<String>,
     /// Frames the stack wanted to send while no link could take them.
     pub tx_no_path: u64,
+    /// TCP segments and ACKs sent again after switches and migrations.
+    #[serde(default)]
+    pub resend: ResendCounters,
     /// Why the paired primary is not carrying the stack (AF_XDP could not
     /// be opened on it: another XDP program attached, no driver support...);
     /// `None` while the fast path works or no primary is paired.
@@ -306,6 +310,22 @@ fn render_pair(out: &mut String, pair: &PairStatus, now: f64) {
             pair.tx_no_path
         );
     }
+    let r = &pair.resend;
+    let _ = writeln!(
+        out,
+        "  tcp resend  {} rounds, {} segments ({} bytes), {} ACKs; holding {} bytes of {} connections{}",
+        r.rounds,
+        r.segments,
+        r.bytes,
+        r.acks,
+        r.held_bytes,
+        r.connections,
+        if r.untracked > 0 || r.evicted > 0 {
+            format!(" ({} segments over the byte limit, {} connections over the limit)", r.untracked, r.evicted)
+        } else {
+            String::new()
+        }
+    );
 }
 
 /// Time since `then`, for "... ago".
@@ -379,12 +399,20 @@ pub fn render_prometheus(status: &Status) -> String {
             );
         }
     }
-    let per_pair: [(&str, &str, &str, PairValue); 9] = [
+    let per_pair: [(&str, &str, &str, PairValue); 17] = [
         ("vfailover_degraded", "gauge", "1 when the pair lacks a link or a link is unhealthy.", |p| Some(flag(p.degraded))),
         ("vfailover_switches_total", "counter", "Path switches.", |p| Some(p.switches as f64)),
         ("vfailover_migrations_detected_total", "counter", "Migrations detected.", |p| Some(p.migrations_detected as f64)),
         ("vfailover_announce_frames_total", "counter", "Announce frames sent (GARP, unsolicited NA, RARP).", |p| Some(p.announces_sent as f64)),
         ("vfailover_tx_no_path_total", "counter", "Frames dropped because no link could send them.", |p| Some(p.tx_no_path as f64)),
+        ("vfailover_tcp_resend_rounds_total", "counter", "Switches and migrations after which unacknowledged TCP segments were sent again.", |p| Some(p.resend.rounds as f64)),
+        ("vfailover_tcp_resend_segments_total", "counter", "TCP segments sent again after a switch or migration.", |p| Some(p.resend.segments as f64)),
+        ("vfailover_tcp_resend_bytes_total", "counter", "Frame bytes of the TCP segments sent again.", |p| Some(p.resend.bytes as f64)),
+        ("vfailover_tcp_resend_acks_total", "counter", "TCP ACKs repeated after a switch or migration.", |p| Some(p.resend.acks as f64)),
+        ("vfailover_tcp_resend_untracked_total", "counter", "TCP segments not kept for a resend: the byte limit was reached.", |p| Some(p.resend.untracked as f64)),
+        ("vfailover_tcp_resend_evicted_total", "counter", "TCP connections no longer followed for a resend: the connection limit was reached.", |p| Some(p.resend.evicted as f64)),
+        ("vfailover_tcp_resend_held_bytes", "gauge", "Frame bytes of unacknowledged TCP segments held for a resend.", |p| Some(p.resend.held_bytes as f64)),
+        ("vfailover_tcp_resend_connections", "gauge", "TCP connections followed for a resend.", |p| Some(p.resend.connections as f64)),
         ("vfailover_fast_path_error", "gauge", "1 when the paired primary could not be opened for AF_XDP (see vfailover status), else 0.", |p| Some(flag(p.fast_path_error.is_some()))),
         ("vfailover_guest_announce", "gauge", "1 when the standby negotiated VIRTIO_NET_F_GUEST_ANNOUNCE, 0 when not; absent when unknown.", |p| p.guest_announce.map(flag)),
         ("vfailover_last_switch_timestamp_seconds", "gauge", "Unix time of the last path switch.", |p| p.last_switch.as_ref().map(|s| s.at_unix)),
@@ -595,6 +623,7 @@ mod tests {
                     announces_sent: 10,
                     addresses: vec!["10.213.0.20/24".into(), "fd00:213::20/64".into()],
                     tx_no_path: 0,
+                    resend: ResendCounters::default(),
                     fast_path_error: None,
                     datapath_error: None,
                 },
@@ -615,6 +644,7 @@ mod tests {
                     announces_sent: 0,
                     addresses: vec![],
                     tx_no_path: 3,
+                    resend: ResendCounters::default(),
                     fast_path_error: Some("eth2 already has XDP program id 7 attached".into()),
                     datapath_error: None,
                 },

@@ -36,6 +36,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpCidr, Ipv4Address, Ipv6Address};
 use vfailover_netstack::link::memory::MemoryLink;
 use vfailover_netstack::link::{Health, Link};
+use vfailover_netstack::resend::ResendLimits;
 use vfailover_netstack::stack::{Buffers, ServiceConfig, ServiceKind, Stack, StackConfig};
 use vfailover_netstack::wire::check::check_frame;
 
@@ -144,6 +145,7 @@ impl Harness {
             ],
             mtu: MTU,
             buffers,
+            resend: ResendLimits::default(),
         };
         let stack = Stack::new(&config, Some(Box::new(standby)), Some(Box::new(primary)))
             .expect("the fuzz stack's config is valid");

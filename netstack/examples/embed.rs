@@ -17,6 +17,7 @@ use vfailover_netstack::datapath::{DatapathHandle, DatapathOptions};
 use vfailover_netstack::link::packet::PacketLink;
 use vfailover_netstack::link::xdp::{XdpConfig, XdpLink};
 use vfailover_netstack::link::Link;
+use vfailover_netstack::resend::ResendLimits;
 use vfailover_netstack::stack::{Buffers, Stack, StackConfig};
 
 const PORT: u16 = 8080;
@@ -51,6 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         services: Vec::new(),
         mtu: 1500,
         buffers: Buffers::default(),
+        resend: ResendLimits::default(),
     };
     let mut stack = Stack::new(&config, Some(standby), primary)?;
     let server = stack.add_tcp_socket();

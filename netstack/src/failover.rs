@@ -6,7 +6,9 @@
 //! always: during a switch frames arrive on either, and some hosts deliver
 //! broadcasts and SYNs on the paravirtual NIC even while the VF is up.
 //! Links can be attached and detached at run time; smoltcp's sockets never
-//! notice, which is what lets TCP connections survive a switch.
+//! notice, which is what lets TCP connections survive a switch. What the
+//! old path lost, the [`Resender`] sends again on the new one at once, so
+//! TCP does not wait for smoltcp's retransmission timer.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -17,6 +19,7 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant as SmolInstant;
 
 use crate::link::{Health, Link, LinkError};
+use crate::resend::{ResendLimits, Resender};
 use crate::stats::{Path, Stats, Switch, SwitchCause};
 use crate::wire::check::check_frame;
 
@@ -43,12 +46,24 @@ pub struct FailoverDevice {
     /// Bumped whenever a link is attached or detached, so the owner knows
     /// to re-register file descriptors.
     generation: u64,
+    resender: Resender,
+    /// When the current receive round began: the clock for the resender,
+    /// read once per round rather than per frame.
+    round_started: Instant,
+    /// The path changed (or a migration was signalled): resend at the next
+    /// flush, once the round's own frames are out.
+    resend_due: bool,
 }
 
 impl FailoverDevice {
     /// A device with an IP MTU of `mtu` bytes over the links present at
     /// start. The first path is chosen from them and is not a switch.
-    pub fn new(standby: Option<Box<dyn Link>>, primary: Option<Box<dyn Link>>, mtu: usize) -> Self {
+    pub fn new(
+        standby: Option<Box<dyn Link>>,
+        primary: Option<Box<dyn Link>>,
+        mtu: usize,
+        resend: ResendLimits,
+    ) -> Self {
         let mut device = FailoverDevice {
             primary,
             standby,
@@ -60,6 +75,9 @@ impl FailoverDevice {
             rx_pending_round: true,
             switch_started: None,
             generation: 0,
+            resender: Resender::new(resend),
+            round_started: Instant::now(),
+            resend_due: false,
         };
         device.path = device.choose();
         device
@@ -69,8 +87,18 @@ impl FailoverDevice {
         self.path
     }
 
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// The counters, with the resender's as of now.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            resend: self.resender.counters(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Frames received and sent on both paths so far.
+    pub fn frames_moved(&self) -> u64 {
+        let s = &self.stats;
+        s.primary.rx_packets + s.primary.tx_packets + s.standby.rx_packets + s.standby.tx_packets
     }
 
     pub fn primary(&self) -> Option<&dyn Link> {
@@ -176,6 +204,7 @@ impl FailoverDevice {
     /// Allow the next `receive` to read the links again.
     pub fn begin_round(&mut self) {
         self.rx_pending_round = true;
+        self.round_started = Instant::now();
     }
 
     /// Frames waiting for smoltcp.
@@ -183,8 +212,18 @@ impl FailoverDevice {
         self.rx_queue.len()
     }
 
+    /// Send every unacknowledged TCP segment again on the current path, at
+    /// the next flush: after a migration, what went out before the network
+    /// learnt where the guest is now may be lost.
+    pub fn resend_unacked(&mut self) {
+        self.resend_due = true;
+    }
+
     /// Push queued TX frames to the devices and reclaim finished ones.
     pub fn flush(&mut self) {
+        if std::mem::take(&mut self.resend_due) && self.path != Path::None {
+            self.resend();
+        }
         let mut lost = Vec::new();
         for link in self.links_mut() {
             if let Err(e) = link.flush() {
@@ -199,6 +238,15 @@ impl FailoverDevice {
     pub fn send_raw(&mut self, frame: &[u8]) -> bool {
         self.transmit_frame(frame.len(), |buf| buf.copy_from_slice(frame))
             .1
+    }
+
+    fn resend(&mut self) {
+        // Taken out for the call, as sending needs `self` whole; an empty
+        // resender allocates nothing.
+        let mut resender =
+            std::mem::replace(&mut self.resender, Resender::new(ResendLimits::default()));
+        resender.resend(|frame| self.send_raw(frame));
+        self.resender = resender;
     }
 
     fn links(&self) -> impl Iterator<Item = &dyn Link> {
@@ -252,6 +300,7 @@ impl FailoverDevice {
         });
         self.path = to;
         self.switch_started = Some(Instant::now());
+        self.resend_due = to != Path::None;
     }
 
     fn apply_lost(&mut self, lost: Vec<(u32, Health)>) {
@@ -265,6 +314,7 @@ impl FailoverDevice {
         let mut lost = Vec::new();
         let (primary, standby) = (&mut self.primary, &mut self.standby);
         let queue = &mut self.rx_queue;
+        let resender = &mut self.resender;
         for (path, link) in [(Path::Primary, primary), (Path::Standby, standby)] {
             let Some(link) = link.as_deref_mut() else {
                 continue;
@@ -275,6 +325,7 @@ impl FailoverDevice {
             let result = link.recv(RX_BUDGET, &mut |frame| match check_frame(frame) {
                 Ok(()) => {
                     counters.rx(frame.len());
+                    resender.on_received(frame);
                     queue.push_back(frame.to_vec());
                 }
                 Err(_) => counters.rx_malformed += 1,
@@ -300,10 +351,13 @@ impl FailoverDevice {
         let mut out = None;
         let mut lost = Vec::new();
         let mut sent = false;
+        let now = self.round_started;
         if let Some(link) = link {
+            let resender = &mut self.resender;
             let mut write = |buf: &mut [u8]| {
                 if let Some(fill) = fill.take() {
                     out = Some(fill(buf));
+                    resender.on_sent(buf, now);
                 }
             };
             match link.send(len, &mut write) {
@@ -326,7 +380,13 @@ impl FailoverDevice {
         self.apply_lost(lost);
         let result = match (out, fill) {
             (Some(r), _) => r,
-            (None, Some(fill)) => fill(&mut vec![0; len]),
+            (None, Some(fill)) => {
+                // Lost, but smoltcp counts it as sent: keep it for a resend.
+                let mut frame = vec![0; len];
+                let r = fill(&mut frame);
+                self.resender.on_sent(&frame, now);
+                r
+            }
             (None, None) => unreachable!("`out` is set whenever `fill` is taken"),
         };
         (result, sent)

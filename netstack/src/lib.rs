@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod failover;
 pub mod link;
 pub mod monitor;
+pub mod resend;
 pub mod stack;
 pub mod stats;
 pub mod wire;

@@ -22,6 +22,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv6A
 
 use crate::failover::FailoverDevice;
 use crate::link::{Link, LinkError};
+use crate::resend::ResendLimits;
 use crate::wire::announce;
 
 /// A service the stack runs by itself.
@@ -73,6 +74,8 @@ pub struct StackConfig {
     /// IP MTU of the links.
     pub mtu: usize,
     pub buffers: Buffers,
+    /// What the device may hold to resend TCP segments after a switch.
+    pub resend: ResendLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +131,7 @@ impl Stack {
         standby: Option<Box<dyn Link>>,
         primary: Option<Box<dyn Link>>,
     ) -> Result<Self, StackError> {
-        let mut device = FailoverDevice::new(standby, primary, config.mtu);
+        let mut device = FailoverDevice::new(standby, primary, config.mtu, config.resend);
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
         iface_config.random_seed = random_seed();
         let iface = Interface::new(iface_config, &mut device, Instant::now());
@@ -377,8 +380,7 @@ impl Stack {
     }
 
     fn frames_moved(&self) -> u64 {
-        let s = self.device.stats();
-        s.primary.rx_packets + s.primary.tx_packets + s.standby.rx_packets + s.standby.tx_packets
+        self.device.frames_moved()
     }
 
     /// Move data for the built-in services; returns whether any moved.

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::resend::ResendCounters;
+
 /// Which link the stack sends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,6 +104,8 @@ pub struct Stats {
     pub tx_no_path: u64,
     pub switches: u64,
     pub last_switch: Option<Switch>,
+    /// TCP segments and ACKs sent again after path changes and migrations.
+    pub resend: ResendCounters,
 }
 
 impl Stats {

@@ -11,6 +11,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, IpCidr};
 use vfailover_netstack::link::memory::MemoryLink;
 use vfailover_netstack::link::{Health, Link};
+use vfailover_netstack::resend::ResendLimits;
 use vfailover_netstack::stack::{Buffers, ServiceConfig, ServiceKind, Stack, StackConfig};
 use vfailover_netstack::stats::{Path, SwitchCause};
 
@@ -26,6 +27,7 @@ fn config(mac: [u8; 6], cidr: &str, services: Vec<ServiceConfig>) -> StackConfig
         services,
         mtu: 1500,
         buffers: Buffers::default(),
+        resend: ResendLimits::default(),
     }
 }
 
@@ -78,6 +80,10 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
+        Lab::with_resend(ResendLimits::default())
+    }
+
+    fn with_resend(resend: ResendLimits) -> Lab {
         let (standby, to_standby) = MemoryLink::pair("virtio0", "sw-standby");
         let (primary, to_primary) = MemoryLink::pair("vf0", "sw-primary");
         let (peer_link, to_peer) = MemoryLink::pair("peer0", "sw-peer");
@@ -92,7 +98,10 @@ impl Lab {
             },
         ];
         let stack = Stack::new(
-            &config(STACK_MAC, "10.0.0.20/24", services),
+            &StackConfig {
+                resend,
+                ..config(STACK_MAC, "10.0.0.20/24", services)
+            },
             Some(Box::new(standby)),
             Some(Box::new(primary)),
         )
@@ -123,6 +132,17 @@ impl Lab {
         self.switch.forward();
     }
 
+    /// A step in which the primary vanishes right after the stack sent on
+    /// it: what it sent in this step never reaches the switch.
+    fn step_and_unplug(&mut self) {
+        self.now += smoltcp::time::Duration::from_millis(1);
+        self.peer.poll(self.now);
+        self.switch.forward();
+        self.stack.poll(self.now);
+        self.unplug();
+        self.switch.forward();
+    }
+
     fn unplug(&mut self) {
         self.switch.to_primary = None;
         let ifindex = self.stack.device().primary().unwrap().ifindex();
@@ -146,8 +166,13 @@ fn pattern(offset: usize, len: usize) -> Vec<u8> {
 }
 
 /// Push `total` bytes through the echo service, calling `at(sent)` hooks,
-/// and check that every echoed byte matches.
-fn echo_transfer(lab: &mut Lab, total: usize, mut event: impl FnMut(&mut Lab, usize)) {
+/// and check that every echoed byte matches. Returns the longest time, in
+/// the lab's clock, between two reads that returned echoed bytes.
+fn echo_transfer(
+    lab: &mut Lab,
+    total: usize,
+    mut event: impl FnMut(&mut Lab, usize),
+) -> smoltcp::time::Duration {
     let handle: SocketHandle = lab.peer.add_tcp_socket();
     let (sockets, iface) = lab.peer.sockets_and_iface();
     sockets
@@ -156,6 +181,8 @@ fn echo_transfer(lab: &mut Lab, total: usize, mut event: impl FnMut(&mut Lab, us
         .unwrap();
     let (mut sent, mut received) = (0usize, 0usize);
     let mut buf = vec![0u8; 8192];
+    let mut last_echo = lab.now;
+    let mut longest = smoltcp::time::Duration::ZERO;
     for _ in 0..200_000 {
         lab.step();
         let socket = lab.peer.sockets_mut().get_mut::<tcp::Socket>(handle);
@@ -175,10 +202,14 @@ fn echo_transfer(lab: &mut Lab, total: usize, mut event: impl FnMut(&mut Lab, us
                 "echo differs at {received}"
             );
             received += n;
+            if n > 0 {
+                longest = longest.max(lab.now - last_echo);
+                last_echo = lab.now;
+            }
         }
         event(lab, sent);
         if received == total {
-            return;
+            return longest;
         }
     }
     panic!("transfer stalled: sent {sent}, received {received} of {total}");
@@ -225,6 +256,44 @@ fn tcp_survives_unplug_and_replug() {
     assert_eq!(last.cause, SwitchCause::PrimaryAttached);
     assert!(last.first_tx_after.is_some());
     assert_eq!(lab.stack.device().path(), Path::Primary);
+}
+
+/// Frames on the vanished primary's ring are lost. With the resender the
+/// stack sends them again on the standby at once; without it smoltcp waits
+/// for its retransmission timer, at least 1 s, as nothing follows the tail
+/// of the echo that would bring duplicate ACKs.
+#[test]
+fn segments_lost_with_the_primary_are_resent_at_once() {
+    let stall = |resend: ResendLimits| {
+        let mut lab = Lab::with_resend(resend);
+        let total = 512 * 1024;
+        let mut unplugged = false;
+        let longest = echo_transfer(&mut lab, total, |lab, sent| {
+            if !unplugged && sent == total {
+                lab.step_and_unplug();
+                unplugged = true;
+            }
+        });
+        assert!(unplugged);
+        (longest, lab.stack.device().stats().resend)
+    };
+    let (with, counters) = stall(ResendLimits::default());
+    let (without, _) = stall(ResendLimits {
+        enabled: false,
+        ..ResendLimits::default()
+    });
+    assert!(
+        with.total_millis() <= 20,
+        "longest echo stall with the resender: {with}"
+    );
+    assert!(
+        without.total_millis() >= 900,
+        "without the resender smoltcp's minimum RTO shows: {without}"
+    );
+    assert!(
+        counters.rounds >= 1 && counters.segments > 0 && counters.acks > 0,
+        "{counters:?}"
+    );
 }
 
 #[test]

@@ -10,6 +10,10 @@ use vfailover::scenario::{failover_transfer, udp_probes, GuestStack, StandbyKind
 use vfailover_netstack::stats::{Path, Stats};
 
 const STREAM: u64 = 64 << 20;
+/// The longest the peer may wait for echoed bytes around a failover step.
+/// The goal is 50 ms; the margin is for a busy 2-core machine. smoltcp's
+/// own retransmission timer alone would take at least 1 s.
+const STALL_BOUND: Duration = Duration::from_millis(300);
 
 fn wait_for_path(guest: &GuestStack, want: Path) -> Stats {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -51,7 +55,27 @@ fn tcp_stream_survives_unplug_migrate_replug() {
         unplug.stats_before, migrate.stats_before, replug.stats_before, fin
     );
 
+    for step in &report.steps {
+        println!(
+            "longest TCP stall after {:?}: {:?}",
+            step.step, step.longest_stall
+        );
+    }
     assert!(report.byte_exact(), "echo differs: {report:?}");
+    for step in &report.steps {
+        let stall = step.longest_stall.unwrap_or_default();
+        assert!(
+            stall <= STALL_BOUND,
+            "TCP stood still {stall:?} after {:?} (bound {STALL_BOUND:?}); resent {:?}",
+            step.step,
+            fin.resend
+        );
+    }
+    assert!(
+        fin.resend.rounds >= 3,
+        "a resend at the unplug, the migration and the replug: {:?}",
+        fin.resend
+    );
     assert_eq!(
         [unplug.step, migrate.step, replug.step],
         [Step::Unplug, Step::Migrate, Step::Replug]

@@ -72,6 +72,8 @@ fn tell_systemd(states: &[NotifyState]) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Primary,
+    /// A primary still in its hold: attached to receive only.
+    HeldPrimary,
     Standby,
 }
 
@@ -91,6 +93,10 @@ struct PairRuntime {
     standby: Option<NetDev>,
     /// The paired primary (being opened, or attached).
     primary: Option<NetDev>,
+    /// A primary in its hold, opened (or being opened) to receive only.
+    seen: Option<NetDev>,
+    /// The ifindex of that link once the datapath has it.
+    held: Option<u32>,
     /// Why the fast path is not in use, when opening the primary failed.
     fast_path_error: Option<String>,
     /// When to try opening the primary again after that.
@@ -418,9 +424,29 @@ impl Daemon {
                     return;
                 };
                 p.primary = Some(dev.clone());
+                p.seen = None;
                 p.fast_path_retry.reset();
                 self.refused.remove(&dev.ifindex);
-                self.open_link(&pair, Role::Primary, dev);
+                if p.held.take() == Some(dev.ifindex) {
+                    // Already receiving on it since it came up: TX follows.
+                    if let Err(e) = p.datapath.send(Command::ReleasePrimary) {
+                        tracing::error!(%pair, "cannot release the primary: {e}");
+                    }
+                } else {
+                    self.open_link(&pair, Role::Primary, dev);
+                }
+            }
+            Action::PrimarySeen { pair, dev } => {
+                let Some(p) = self.pairs.get_mut(&pair) else {
+                    return;
+                };
+                if p.primary.is_some() {
+                    return;
+                }
+                tracing::info!(%pair, ifname = %dev.ifname, "primary candidate up: receiving on it during its hold");
+                p.seen = Some(dev.clone());
+                p.held = None;
+                self.open_link(&pair, Role::HeldPrimary, dev);
             }
             Action::PrimaryReturned { pair, ifindex } => {
                 tracing::info!(%pair, ifindex, "a primary is back after an unplug");
@@ -434,6 +460,8 @@ impl Daemon {
                 tracing::info!(%pair, ifindex, ?reason, "primary detached");
                 if let Some(p) = self.pairs.get_mut(&pair) {
                     p.primary = None;
+                    p.seen = None;
+                    p.held = None;
                     // The error and its retries were about that device.
                     p.fast_path_error = None;
                     p.fast_path_retry.reset();
@@ -477,7 +505,9 @@ impl Daemon {
             .name(format!("open-{}", dev.ifname))
             .spawn(move || {
                 let result = match role {
-                    Role::Primary => open_xdp(&dev.ifname, &addresses, xdp_mode(primary_mode)),
+                    Role::Primary | Role::HeldPrimary => {
+                        open_xdp(&dev.ifname, &addresses, xdp_mode(primary_mode))
+                    }
                     Role::Standby => open_standby(&dev.ifname, &addresses, standby_mode),
                 };
                 let _ = tx.send(Opened {
@@ -499,6 +529,7 @@ impl Daemon {
         };
         let current = match opened.role {
             Role::Primary => p.primary.as_ref(),
+            Role::HeldPrimary => p.seen.as_ref(),
             Role::Standby => p.standby.as_ref(),
         };
         if current.map(|d| d.ifindex) != Some(opened.ifindex) {
@@ -511,6 +542,17 @@ impl Daemon {
                 p.fast_path_error = None;
                 p.fast_path_retry.reset();
                 let _ = p.datapath.send(Command::AttachPrimary(link));
+            }
+            (Role::HeldPrimary, Ok(link)) => {
+                tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "receiving on the primary during its hold");
+                p.held = Some(opened.ifindex);
+                if let Err(e) = p.datapath.send(Command::AttachHeldPrimary(link)) {
+                    tracing::error!(pair = %opened.pair, "cannot hand the held primary over: {e}");
+                }
+            }
+            (Role::HeldPrimary, Err(e)) => {
+                // The attach after the hold opens it again and reports.
+                tracing::debug!(pair = %opened.pair, "cannot receive on the primary during its hold yet: {e}");
             }
             (Role::Standby, Ok(link)) => {
                 tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "standby up");
@@ -562,7 +604,9 @@ impl Daemon {
             tracing::info!(%pair, %signal, ?guest_announce, "announcing");
             p.schedule = Some(AnnounceSchedule::start(timing, Instant::now()));
             // Peers and the gateway may have moved too: resolve them again.
-            let _ = p.datapath.call(Stack::refresh_neighbors);
+            if let Err(e) = p.datapath.call(Stack::refresh_neighbors) {
+                tracing::warn!(%pair, error = %e, "cannot re-resolve neighbours");
+            }
         } else {
             tracing::info!(%pair, %signal, ?guest_announce, policy = p.config.announce.as_str(), "not announcing");
         }
@@ -702,6 +746,8 @@ impl PairRuntime {
             mac: None,
             standby: None,
             primary: None,
+            seen: None,
+            held: None,
             fast_path_error: None,
             fast_path_retry: Backoff::new(FAST_PATH_RETRY, FAST_PATH_RETRY_MAX),
             migrations: 0,

@@ -8,6 +8,11 @@
 //! been up with carrier for a settle time first, and a primary that flaps
 //! waits longer each time (hysteresis) instead of bouncing the path. Losing a
 //! primary, on the other hand, is acted on at once: TX must leave it.
+//! Receiving is another matter: a candidate that is administratively up is
+//! offered at once ([`Action::PrimarySeen`]) so the stack can take frames
+//! from it during the hold. The moment the guest kernel sends anything
+//! through it, the switch learns the MAC there, and frames for the stack
+//! that arrive on a NIC nobody listens to are lost.
 //!
 //! Everything is keyed on ifindex; names are only for explicit specs (to find
 //! the standby) and for display. Pure logic: [`Pairing::update`] takes the
@@ -86,6 +91,12 @@ pub enum Action {
         ifindex: u32,
     },
     AttachPrimary {
+        pair: String,
+        dev: NetDev,
+    },
+    /// A device that will be the primary once its hold is over is up: open
+    /// it to receive, not yet to send. Once per device.
+    PrimarySeen {
         pair: String,
         dev: NetDev,
     },
@@ -237,6 +248,8 @@ struct Pair {
     standby_losses: u32,
     primary: Option<Member>,
     pending: Option<Pending>,
+    /// The candidate last offered with [`Action::PrimarySeen`].
+    seen: Option<u32>,
     /// When the attached primary went down, within the flap window.
     flaps: Vec<Instant>,
     /// A primary was removed since the last attach.
@@ -257,6 +270,7 @@ impl Pair {
             standby_losses: 0,
             primary: None,
             pending: None,
+            seen: None,
             flaps: Vec::new(),
             replug: false,
             downed: None,
@@ -284,6 +298,7 @@ impl Pair {
         self.update_standby(devices, others, actions);
         self.check_primary(devices, now, others, actions);
         self.check_returned(devices, others, actions);
+        self.see_primary(devices, others, actions);
         self.settle_primary(devices, now, hold, others, actions);
         self.update_refused(devices, others, actions);
     }
@@ -428,6 +443,29 @@ impl Pair {
             actions.push(Action::PrimaryReturned {
                 pair: self.spec.name.clone(),
                 ifindex: dev.ifindex,
+            });
+        }
+    }
+
+    /// Offer the candidate that is up, before its hold, to receive on.
+    fn see_primary(
+        &mut self,
+        devices: &BTreeMap<u32, NetDev>,
+        others: &Others,
+        actions: &mut Vec<Action>,
+    ) {
+        if self.primary.is_some() || self.standby.is_none() {
+            self.seen = None;
+            return;
+        }
+        let Some(dev) = devices.values().find(|d| d.up && self.eligible(d, others)) else {
+            return;
+        };
+        if self.seen != Some(dev.ifindex) {
+            self.seen = Some(dev.ifindex);
+            actions.push(Action::PrimarySeen {
+                pair: self.spec.name.clone(),
+                dev: dev.clone(),
             });
         }
     }
@@ -724,6 +762,13 @@ mod tests {
         })
     }
 
+    fn seen(actions: &[Action]) -> Vec<u32> {
+        pick(actions, |a| match a {
+            Action::PrimarySeen { dev, .. } => Some(dev.ifindex),
+            _ => None,
+        })
+    }
+
     fn found(actions: &[Action]) -> Vec<u32> {
         pick(actions, |a| match a {
             Action::StandbyFound { dev, .. } => Some(dev.ifindex),
@@ -747,15 +792,41 @@ mod tests {
         assert_eq!(w.pairing.next_deadline(), None);
 
         w.add(vf(4, "ens4", M1));
-        assert!(w.at(1000).is_empty(), "held for the settle time");
+        assert_eq!(
+            w.at(1000),
+            [Action::PrimarySeen {
+                pair: "p0".into(),
+                dev: vf(4, "ens4", M1)
+            }],
+            "held for the settle time, receiving only"
+        );
         assert_eq!(w.pairing.next_deadline().map(|t| w.ms(t)), Some(1200));
-        assert!(w.at(1199).is_empty());
+        assert!(w.at(1199).is_empty(), "offered once");
         assert_eq!(attached(&w.at(1200)), [4]);
         assert_eq!(w.pairing.next_deadline(), None);
         let view = w.view();
         assert_eq!(view.standby.map(|m| m.ifindex), Some(3));
         assert_eq!(view.primary.map(|m| m.ifname), Some("ens4".into()));
         assert!(w.at(5000).is_empty(), "steady");
+    }
+
+    #[test]
+    fn a_primary_is_offered_to_receive_once_it_is_up_and_again_after_a_replug() {
+        let mut w = World::new(vec![auto("p0")]);
+        w.add(standby(3, "ens3", M1));
+        w.at(0);
+        let mut down = vf(4, "ens4", M1);
+        down.up = false;
+        down.carrier = false;
+        w.add(down);
+        assert!(seen(&w.at(10)).is_empty(), "not while down");
+        w.add(vf(4, "ens4", M1));
+        assert_eq!(seen(&w.at(20)), [4]);
+        assert_eq!(attached(&w.at(220)), [4]);
+        w.remove(4);
+        w.at(300);
+        w.add(vf(5, "ens4", M1));
+        assert_eq!(seen(&w.at(400)), [5], "the new device after an unplug");
     }
 
     #[test]

@@ -123,9 +123,14 @@ impl GuestStack {
         Ok(self.datapath.attach_primary(Box::new(link))?)
     }
 
-    /// Send the announce frames (what the agent does on a migration signal).
+    /// Send the announce frames, then the unacknowledged TCP segments
+    /// again (what the agent does on a migration signal).
     pub fn announce(&self) -> Result<usize> {
-        Ok(self.datapath.call(|s| s.announce(false))?)
+        Ok(self.datapath.call(|s| {
+            let sent = s.announce(false);
+            s.device_mut().resend_unacked();
+            sent
+        })?)
     }
 }
 
@@ -189,6 +194,9 @@ pub struct StepRecord {
     /// Bytes the peer had written when the step began.
     pub written: u64,
     pub stats_before: Stats,
+    /// The longest time the peer waited for echoed bytes from this step
+    /// to the next (or the end); `None` if it never waited 2 ms.
+    pub longest_stall: Option<Duration>,
 }
 
 /// What a run measured.
@@ -221,6 +229,59 @@ impl Report {
     }
 }
 
+/// A time the peer waited for echoed bytes while it had bytes outstanding:
+/// how long TCP stood still, from the peer's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    /// The last echoed bytes before the wait (or the writer's return from
+    /// a step gate, if everything had been echoed by then).
+    pub from: Instant,
+    /// The first echoed bytes after it.
+    pub to: Instant,
+}
+
+impl Stall {
+    pub fn length(&self) -> Duration {
+        self.to - self.from
+    }
+}
+
+/// Waits shorter than this are not kept: scheduling noise on a small
+/// machine, far below anything a failover causes.
+const MIN_STALL: Duration = Duration::from_millis(2);
+/// At most this many stalls are kept (a memory bound, not a limit in practice).
+const MAX_STALLS: usize = 100_000;
+
+/// How a [`GatedStream`] ended.
+#[derive(Debug, Clone)]
+pub struct StreamEnd {
+    pub sent_sha256: String,
+    pub echoed_sha256: String,
+    pub duration: Duration,
+    /// Every wait of [`MIN_STALL`] or more for echoed bytes, in order.
+    pub stalls: Vec<Stall>,
+}
+
+impl StreamEnd {
+    pub fn byte_exact(&self) -> bool {
+        self.sent_sha256 == self.echoed_sha256
+    }
+
+    /// The longest stall overlapping `from..to`, if any.
+    pub fn longest_stall(&self, from: Instant, to: Instant) -> Option<Duration> {
+        longest_stall(&self.stalls, from, to)
+    }
+}
+
+/// The longest of `stalls` that overlaps `from..to`.
+pub fn longest_stall(stalls: &[Stall], from: Instant, to: Instant) -> Option<Duration> {
+    stalls
+        .iter()
+        .filter(|s| s.to > from && s.from < to)
+        .map(Stall::length)
+        .max()
+}
+
 /// A TCP echo stream from the peer to the stack's echo service that a
 /// driver moves through `steps` steps (unplug, migrate, ...).
 ///
@@ -238,7 +299,7 @@ pub struct GatedStream {
     /// The connection, once open, so that an abort can shut it down and
     /// wake a reader or writer blocked in the kernel.
     socket: Arc<Mutex<Option<TcpStream>>>,
-    thread: std::thread::JoinHandle<Result<(String, String)>>,
+    thread: std::thread::JoinHandle<Result<(String, String, Vec<Stall>)>>,
     started: Instant,
 }
 
@@ -248,12 +309,15 @@ impl GatedStream {
         let steps_done = Arc::new(AtomicUsize::new(0));
         let aborted = Arc::new(AtomicBool::new(false));
         let socket = Arc::new(Mutex::new(None));
+        let started = Instant::now();
         let thread = {
             let progress = Progress {
                 written: written.clone(),
                 steps_done: steps_done.clone(),
                 aborted: aborted.clone(),
                 socket: socket.clone(),
+                origin: started,
+                resumed: Arc::new(AtomicU64::new(0)),
             };
             lab.spawn_in(Ns::Peer, move || echo_stream(bytes, steps, &progress))?
         };
@@ -265,7 +329,7 @@ impl GatedStream {
             aborted,
             socket,
             thread,
-            started: Instant::now(),
+            started,
         })
     }
 
@@ -330,14 +394,19 @@ impl GatedStream {
         self.steps_done.fetch_add(1, Ordering::Release);
     }
 
-    /// Wait for the end; returns the SHA-256 of what was sent and of what
-    /// came back, and how long the stream ran.
-    pub fn finish(self) -> Result<(String, String, Duration)> {
-        let (sent, echoed) = self
+    /// Wait for the end: the SHA-256 of what was sent and of what came
+    /// back, how long the stream ran and where it stalled.
+    pub fn finish(self) -> Result<StreamEnd> {
+        let (sent_sha256, echoed_sha256, stalls) = self
             .thread
             .join()
             .map_err(|_| anyhow!("the peer's stream thread panicked"))??;
-        Ok((sent, echoed, self.started.elapsed()))
+        Ok(StreamEnd {
+            sent_sha256,
+            echoed_sha256,
+            duration: self.started.elapsed(),
+            stalls,
+        })
     }
 }
 
@@ -346,6 +415,7 @@ impl GatedStream {
 pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Report> {
     let stream = GatedStream::start(lab, bytes, 3)?;
     let mut steps = Vec::new();
+    let mut began = Vec::new();
     let mut unplug_at = None;
     let mut event_at = None;
     let mut announced = 0;
@@ -356,11 +426,13 @@ pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Re
         let written = stream
             .wait_for_step(i + 1)
             .with_context(|| datapath_state(guest))?;
+        began.push(Instant::now());
         let record = StepRecord {
             step,
             at: SystemTime::now(),
             written,
             stats_before: guest.stats()?,
+            longest_stall: None,
         };
         match step {
             Step::Unplug => {
@@ -383,8 +455,18 @@ pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Re
         steps.push(record);
         stream.step_done();
     }
-    let (sent_sha256, echoed_sha256, duration) =
-        stream.finish().with_context(|| datapath_state(guest))?;
+    let end = stream.finish().with_context(|| datapath_state(guest))?;
+    let ended = Instant::now();
+    for (k, step) in steps.iter_mut().enumerate() {
+        let until = began.get(k + 1).copied().unwrap_or(ended);
+        step.longest_stall = end.longest_stall(began[k], until);
+    }
+    let StreamEnd {
+        sent_sha256,
+        echoed_sha256,
+        duration,
+        ..
+    } = end;
     let final_stats = guest.stats()?;
     let standby_switch = steps
         .get(1)
@@ -463,6 +545,12 @@ struct Progress {
     steps_done: Arc<AtomicUsize>,
     aborted: Arc<AtomicBool>,
     socket: Arc<Mutex<Option<TcpStream>>>,
+    /// The clock of `resumed`.
+    origin: Instant,
+    /// When the writer last went on after waiting at a step gate, in
+    /// nanoseconds since `origin`: a wait for echoed bytes with nothing
+    /// outstanding only starts to count then.
+    resumed: Arc<AtomicU64>,
 }
 
 impl Progress {
@@ -475,8 +563,13 @@ impl Progress {
 }
 
 /// The peer's side: write `bytes` to the echo service from one thread and
-/// read them back on another; returns both SHA-256 digests (hex).
-fn echo_stream(bytes: u64, steps: usize, progress: &Progress) -> Result<(String, String)> {
+/// read them back on another; returns both SHA-256 digests (hex) and the
+/// reader's stalls.
+fn echo_stream(
+    bytes: u64,
+    steps: usize,
+    progress: &Progress,
+) -> Result<(String, String, Vec<Stall>)> {
     let stream = TcpStream::connect_timeout(&SocketAddr::new(STACK_V4.into(), ECHO_PORT), STALL)
         .context("connecting to the stack's echo service")?;
     stream.set_read_timeout(Some(STALL))?;
@@ -485,10 +578,18 @@ fn echo_stream(bytes: u64, steps: usize, progress: &Progress) -> Result<(String,
     // An abort that came before the socket was shared found nothing to shut.
     progress.check_abort()?;
     let mut reader = stream.try_clone()?;
-    let echoed = std::thread::spawn(move || -> Result<String> {
+    let (written, origin, resumed) = (
+        progress.written.clone(),
+        progress.origin,
+        progress.resumed.clone(),
+    );
+    let echoed = std::thread::spawn(move || -> Result<(String, Vec<Stall>)> {
         let mut hash = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut got = 0u64;
+        let mut stalls = Vec::new();
+        let mut last = Instant::now();
+        let mut outstanding = true;
         while got < bytes {
             let n = reader
                 .read(&mut buf)
@@ -496,10 +597,21 @@ fn echo_stream(bytes: u64, steps: usize, progress: &Progress) -> Result<(String,
             if n == 0 {
                 bail!("the stack closed the connection after {got} bytes");
             }
+            let now = Instant::now();
+            let from = if outstanding {
+                last
+            } else {
+                last.max(origin + Duration::from_nanos(resumed.load(Ordering::Acquire)))
+            };
+            if now.saturating_duration_since(from) >= MIN_STALL && stalls.len() < MAX_STALLS {
+                stalls.push(Stall { from, to: now });
+            }
             hash.update(&buf[..n]);
             got += n as u64;
+            last = now;
+            outstanding = written.load(Ordering::Acquire) > got;
         }
-        Ok(hex(&hash.finalize()))
+        Ok((hex(&hash.finalize()), stalls))
     });
     let mut writer = stream;
     let mut hash = Sha256::new();
@@ -512,12 +624,18 @@ fn echo_stream(bytes: u64, steps: usize, progress: &Progress) -> Result<(String,
         let halves = sent * 2 * (steps as u64 + 1) / bytes;
         let gate = (halves.saturating_sub(1) / 2).min(steps as u64);
         let waiting = Instant::now();
+        let mut waited = false;
         while (progress.steps_done.load(Ordering::Acquire) as u64) < gate {
             progress.check_abort()?;
             if waiting.elapsed() > STALL {
                 bail!("step {gate} did not finish within {STALL:?}");
             }
             std::thread::sleep(Duration::from_micros(200));
+            waited = true;
+        }
+        if waited {
+            let since = progress.origin.elapsed().as_nanos() as u64;
+            progress.resumed.store(since, Ordering::Release);
         }
         progress.check_abort()?;
         let len = (bytes - sent).min(buf.len() as u64) as usize;
@@ -530,10 +648,10 @@ fn echo_stream(bytes: u64, steps: usize, progress: &Progress) -> Result<(String,
         progress.written.store(sent, Ordering::Release);
     }
     let sent_hash = hex(&hash.finalize());
-    let echoed_hash = echoed
+    let (echoed_hash, stalls) = echoed
         .join()
         .map_err(|_| anyhow!("the reader thread panicked"))??;
-    Ok((sent_hash, echoed_hash))
+    Ok((sent_hash, echoed_hash, stalls))
 }
 
 fn hex(bytes: &[u8]) -> String {

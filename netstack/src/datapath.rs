@@ -35,6 +35,11 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Something for the datapath thread to do.
 pub enum Command {
     AttachPrimary(Box<dyn Link>),
+    /// Attach a primary to receive only (see
+    /// [`FailoverDevice::attach_held_primary`](crate::failover::FailoverDevice::attach_held_primary)).
+    AttachHeldPrimary(Box<dyn Link>),
+    /// Let the held primary carry TX.
+    ReleasePrimary,
     DetachPrimary,
     AttachStandby(Box<dyn Link>),
     DetachStandby,
@@ -284,6 +289,17 @@ impl Datapath {
                     let ifname = link.ifname().to_owned();
                     if let Err(e) = device.attach_primary(link) {
                         tracing::warn!(%ifname, error = %e, "primary refused");
+                    }
+                }
+                Command::AttachHeldPrimary(link) => {
+                    let ifname = link.ifname().to_owned();
+                    if let Err(e) = device.attach_held_primary(link) {
+                        tracing::warn!(%ifname, error = %e, "primary refused");
+                    }
+                }
+                Command::ReleasePrimary => {
+                    if !device.release_primary() {
+                        tracing::warn!("no held primary to release");
                     }
                 }
                 Command::DetachPrimary => drop(device.detach_primary()),

@@ -32,6 +32,9 @@ const RX_BUDGET: usize = 64;
 /// The failover pair as one smoltcp device.
 pub struct FailoverDevice {
     primary: Option<Box<dyn Link>>,
+    /// The primary receives but does not carry TX yet (its hold is not
+    /// over): see [`FailoverDevice::attach_held_primary`].
+    primary_held: bool,
     standby: Option<Box<dyn Link>>,
     path: Path,
     stats: Stats,
@@ -66,6 +69,7 @@ impl FailoverDevice {
     ) -> Self {
         let mut device = FailoverDevice {
             primary,
+            primary_held: false,
             standby,
             path: Path::None,
             stats: Stats::default(),
@@ -117,20 +121,57 @@ impl FailoverDevice {
     /// link gets the current address set; if that fails it is refused.
     pub fn attach_primary(
         &mut self,
-        mut link: Box<dyn Link>,
+        link: Box<dyn Link>,
     ) -> Result<Option<Box<dyn Link>>, LinkError> {
-        link.set_addresses(&self.addresses)?;
-        let old = self.primary.replace(link);
-        self.generation += 1;
+        self.put_primary(link, false)
+    }
+
+    /// Attach a primary to receive only, until
+    /// [`release_primary`](Self::release_primary): frames for the stack may
+    /// arrive on a new VF before it has earned TX (the guest kernel sending
+    /// through it moves the MAC there in the switch). A held primary whose
+    /// device goes away is dropped.
+    pub fn attach_held_primary(
+        &mut self,
+        link: Box<dyn Link>,
+    ) -> Result<Option<Box<dyn Link>>, LinkError> {
+        self.put_primary(link, true)
+    }
+
+    /// Let a held primary carry TX. Returns false when no primary is held.
+    pub fn release_primary(&mut self) -> bool {
+        if self.primary.is_none() || !self.primary_held {
+            return false;
+        }
+        self.primary_held = false;
         self.reselect(SwitchCause::PrimaryAttached);
-        Ok(old)
+        true
+    }
+
+    /// Whether the primary (if any) receives only.
+    pub fn primary_held(&self) -> bool {
+        self.primary.is_some() && self.primary_held
     }
 
     pub fn detach_primary(&mut self) -> Option<Box<dyn Link>> {
         let old = self.primary.take();
+        self.primary_held = false;
         self.generation += 1;
         self.reselect(SwitchCause::PrimaryDetached);
         old
+    }
+
+    fn put_primary(
+        &mut self,
+        mut link: Box<dyn Link>,
+        held: bool,
+    ) -> Result<Option<Box<dyn Link>>, LinkError> {
+        link.set_addresses(&self.addresses)?;
+        let old = self.primary.replace(link);
+        self.primary_held = held;
+        self.generation += 1;
+        self.reselect(SwitchCause::PrimaryAttached);
+        Ok(old)
     }
 
     /// Attach a standby, replacing (and returning) any previous one. A link
@@ -168,6 +209,19 @@ impl FailoverDevice {
     /// marked itself, so the path is re-chosen whenever the link is ours.
     pub fn set_link_health(&mut self, ifindex: u32, health: Health) {
         let recovered = health == Health::Up;
+        if health == Health::Gone
+            && self.primary_held
+            && self
+                .primary
+                .as_deref()
+                .is_some_and(|l| l.ifindex() == ifindex)
+        {
+            // Never carried TX, and nobody else will detach it.
+            self.primary = None;
+            self.primary_held = false;
+            self.generation += 1;
+            return;
+        }
         let cause = if let Some(link) = self
             .primary
             .as_deref_mut()
@@ -267,10 +321,11 @@ impl FailoverDevice {
         // The primary must be up (carrier) to carry TX; the standby only has
         // to exist: while it is the last link, a down carrier is no reason to
         // stop trying (virtio's carrier can blink during a migration).
-        if self
-            .primary
-            .as_deref()
-            .is_some_and(|l| l.health() == Health::Up)
+        if !self.primary_held
+            && self
+                .primary
+                .as_deref()
+                .is_some_and(|l| l.health() == Health::Up)
         {
             Path::Primary
         } else if self

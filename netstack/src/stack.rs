@@ -18,7 +18,9 @@ use std::net::IpAddr;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv6Address};
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address,
+};
 
 use crate::failover::FailoverDevice;
 use crate::link::{Link, LinkError};
@@ -120,6 +122,8 @@ pub struct Stack {
     services: Vec<Service>,
     buffers: Buffers,
     mac: [u8; 6],
+    /// The default gateways, re-resolved after a migration.
+    gateways: (Option<Ipv4Address>, Option<Ipv6Address>),
     /// Scratch for echo services, so echoing allocates nothing per poll.
     scratch: Vec<u8>,
 }
@@ -142,6 +146,7 @@ impl Stack {
             services: Vec::new(),
             buffers: config.buffers,
             mac: config.mac,
+            gateways: (None, None),
             scratch: vec![0; 64 * 1024],
         };
         stack.set_addresses(&config.addresses, config.gateway_v4, config.gateway_v6)?;
@@ -185,6 +190,7 @@ impl Stack {
             addrs.clear();
             addrs.extend(addresses.iter().copied());
         });
+        self.gateways = (gateway_v4, gateway_v6);
         let routes = self.iface.routes_mut();
         routes.remove_default_ipv4_route();
         routes.remove_default_ipv6_route();
@@ -201,12 +207,49 @@ impl Stack {
         Ok(())
     }
 
-    /// Forget every neighbour (ARP/NDP) entry, so the gateway and peers are
-    /// resolved again: after a migration, cached entries may be stale.
-    pub fn refresh_neighbors(&mut self) {
-        // smoltcp flushes its neighbour cache whenever the address list is
-        // updated, and offers no other way to do it.
-        self.iface.update_ip_addrs(|_| {});
+    /// Ask again for the link-layer address of the gateways and of every
+    /// TCP peer on a configured prefix: after a migration cached entries
+    /// may be stale. The entries in use stay until the answers replace
+    /// them: flushing smoltcp's cache instead makes it drop what it sends
+    /// until they come, and TCP then waits for its retransmission timer
+    /// (1 s). Returns the number of requests a link took.
+    pub fn refresh_neighbors(&mut self) -> usize {
+        let mut targets: Vec<IpAddress> = self
+            .gateways
+            .0
+            .map(IpAddress::Ipv4)
+            .into_iter()
+            .chain(self.gateways.1.map(IpAddress::Ipv6))
+            .collect();
+        for (_, socket) in self.sockets.iter() {
+            if let smoltcp::socket::Socket::Tcp(tcp) = socket {
+                targets.extend(tcp.remote_endpoint().map(|e| e.addr));
+            }
+        }
+        targets.sort();
+        targets.dedup();
+        let frames: Vec<Vec<u8>> = targets
+            .iter()
+            .filter_map(|&target| {
+                let cidr = self
+                    .iface
+                    .ip_addrs()
+                    .iter()
+                    .find(|c| c.contains_addr(&target))?;
+                Some(match (cidr.address(), target) {
+                    (IpAddress::Ipv4(me), IpAddress::Ipv4(t)) => {
+                        announce::arp_request(self.mac, me, t)
+                    }
+                    (IpAddress::Ipv6(me), IpAddress::Ipv6(t)) => {
+                        announce::neighbor_solicitation(self.mac, me, t)
+                    }
+                    _ => return None,
+                })
+            })
+            .collect();
+        let sent = frames.iter().filter(|f| self.device.send_raw(f)).count();
+        self.device.flush();
+        sent
     }
 
     /// The addresses the stack answers on.

@@ -296,6 +296,70 @@ fn segments_lost_with_the_primary_are_resent_at_once() {
     );
 }
 
+/// Re-resolving neighbours mid-stream (as after a migration) asks the TCP
+/// peer for its address again and does not stall the stream: the entry in
+/// use stays until the answer comes.
+#[test]
+fn refreshing_neighbours_does_not_stall_tcp() {
+    let mut lab = Lab::new();
+    let total = 512 * 1024;
+    let mut asked = None;
+    let longest = echo_transfer(&mut lab, total, |lab, sent| {
+        if asked.is_none() && sent > total / 2 {
+            asked = Some(lab.stack.refresh_neighbors());
+        }
+    });
+    assert_eq!(asked, Some(1), "one ARP request, for the TCP peer");
+    assert!(longest.total_millis() <= 20, "longest echo stall: {longest}");
+}
+
+/// A primary in its hold receives but does not send; released, it sends;
+/// a held primary whose device goes away is dropped, not switched to.
+#[test]
+fn a_held_primary_receives_until_released() {
+    let mut lab = Lab::new();
+    lab.unplug();
+    lab.stack.device_mut().detach_primary();
+    let (primary, to_primary) = MemoryLink::pair("vf0", "sw-primary");
+    lab.switch.to_primary = Some(to_primary);
+    lab.stack
+        .device_mut()
+        .attach_held_primary(Box::new(primary))
+        .unwrap();
+    assert!(lab.stack.device().primary_held());
+    assert_eq!(lab.stack.device().path(), Path::Standby);
+    let before = lab.stack.device().stats();
+    echo_transfer(&mut lab, 64 * 1024, |_, _| {});
+    let held = lab.stack.device().stats();
+    assert!(
+        held.primary.rx_packets > before.primary.rx_packets,
+        "RX on the held primary"
+    );
+    assert_eq!(
+        held.primary.tx_packets, before.primary.tx_packets,
+        "no TX on it"
+    );
+    assert!(lab.stack.device_mut().release_primary());
+    assert_eq!(lab.stack.device().path(), Path::Primary);
+    assert!(!lab.stack.device_mut().release_primary(), "released once");
+
+    let (primary, _) = MemoryLink::pair("vf1", "sw-primary-1");
+    let ifindex = primary.ifindex();
+    lab.stack
+        .device_mut()
+        .attach_held_primary(Box::new(primary))
+        .unwrap();
+    assert_eq!(lab.stack.device().path(), Path::Standby);
+    lab.stack
+        .device_mut()
+        .set_link_health(ifindex, Health::Gone);
+    assert!(
+        lab.stack.device().primary().is_none(),
+        "a gone held primary is dropped"
+    );
+    assert_eq!(lab.stack.device().path(), Path::Standby);
+}
+
 #[test]
 fn path_choice_follows_health_and_attachment() {
     let (standby, _far_s) = MemoryLink::pair("virtio0", "x");

@@ -33,7 +33,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::capture::{self, Announce};
 use crate::lab::agent::{default_pair, Agent};
 use crate::lab::{Lab, LabOptions, Ns, GUEST_KERNEL_V4, PEER_IF, PRIMARY, STACK_V4};
-use crate::scenario::{wait_for_loss, GatedStream, ECHO_PORT};
+use crate::scenario::{wait_for_loss, GatedStream, StreamEnd, ECHO_PORT};
 use crate::status::PairStatus;
 use report::{Mark, Probe, Report, Sample};
 
@@ -164,9 +164,7 @@ type Frames = Vec<(Instant, Announce)>;
 
 /// What the peer saw, once its traffic is done.
 struct Observed {
-    sent_sha256: String,
-    echoed_sha256: String,
-    duration: Duration,
+    stream: StreamEnd,
     probes: Vec<Probe>,
     frames: Frames,
 }
@@ -218,11 +216,8 @@ impl Traffic {
         self.stop.store(true, Ordering::Release);
         let probes = join(self.prober.take(), "prober")?;
         let frames = join(self.capture.take(), "capture")?;
-        let (sent_sha256, echoed_sha256, duration) = stream?;
         Ok(Observed {
-            sent_sha256,
-            echoed_sha256,
-            duration,
+            stream: stream?,
             probes,
             frames,
         })
@@ -300,18 +295,17 @@ fn drive(lab: &Lab, agent: &Agent, opts: &Options, stop: &AtomicBool) -> Result<
     watch.mark(Mark::End)?;
     watch.end_line();
     let Observed {
-        sent_sha256,
-        echoed_sha256,
-        duration,
+        stream,
         probes,
         frames,
     } = traffic.finish()?;
     let fin = agent.pair()?;
     Ok(Report {
         bytes: opts.bytes,
-        duration,
-        sent_sha256,
-        echoed_sha256,
+        duration: stream.duration,
+        sent_sha256: stream.sent_sha256,
+        echoed_sha256: stream.echoed_sha256,
+        stalls: stream.stalls,
         guest_announce: opts.guest_announce,
         mac: lab.mac().0,
         t0: watch.t0,

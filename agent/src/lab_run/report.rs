@@ -8,9 +8,13 @@ use std::time::{Duration, Instant};
 
 use crate::capture::Announce;
 use crate::lab::{STACK_V4, STACK_V6};
+use crate::scenario::{longest_stall, Stall};
 use crate::status::{PairStatus, SwitchStatus};
 
 use super::PROBE_INTERVAL;
+
+/// TCP stalls this long are listed one by one.
+const LONG_STALL: Duration = Duration::from_millis(100);
 
 /// The steps of a run, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +85,8 @@ pub struct Report {
     pub duration: Duration,
     pub sent_sha256: String,
     pub echoed_sha256: String,
+    /// Where the peer waited for echoed bytes with some outstanding.
+    pub stalls: Vec<Stall>,
     pub guest_announce: bool,
     pub mac: [u8; 6],
     pub t0: Instant,
@@ -122,6 +128,17 @@ impl Report {
             .map(|(_, at)| self.rel(*at))
     }
 
+    /// The longest TCP stall from `mark` to the next mark.
+    pub fn stall_after(&self, mark: Mark) -> Option<Duration> {
+        let at = self.marks.iter().position(|(m, _)| *m == mark)?;
+        let from = self.marks[at].1;
+        let to = self
+            .marks
+            .get(at + 1)
+            .map_or(from + Duration::from_secs(3600), |m| m.1);
+        longest_stall(&self.stalls, from, to)
+    }
+
     fn rel(&self, at: Instant) -> f64 {
         at.saturating_duration_since(self.t0).as_secs_f64()
     }
@@ -156,6 +173,12 @@ impl Report {
             out,
             "migrations detected: {}{migration}",
             self.fin.migrations_detected
+        );
+        let r = &self.fin.resend;
+        let _ = writeln!(
+            out,
+            "TCP resend (the daemon's count): {} rounds, {} segments, {} ACKs",
+            r.rounds, r.segments, r.acks
         );
         out
     }
@@ -242,29 +265,61 @@ impl Report {
     fn render_phases(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "per phase (UDP echo probe every {} ms; gap: longest time between answers around lost probes):",
+            "per phase (UDP echo probe every {} ms; gap: longest time between answers around lost probes; \
+             TCP stall: longest time the peer waited for echoed bytes it had sent):",
             PROBE_INTERVAL.as_millis()
         );
         let _ = writeln!(
             out,
-            "  {:<14} {:>7} {:>11} {:>11} {:>7} {:>5} {:>12}",
-            "phase", "time", "primary MB", "standby MB", "probes", "lost", "longest gap"
+            "  {:<14} {:>7} {:>11} {:>11} {:>7} {:>5} {:>12} {:>10}",
+            "phase",
+            "time",
+            "primary MB",
+            "standby MB",
+            "probes",
+            "lost",
+            "longest gap",
+            "TCP stall"
         );
         let phases = self.phase_probes();
         for (i, pair) in self.marks.windows(2).enumerate() {
             let ((mark, from), (_, to)) = (pair[0], pair[1]);
             let (p, s) = self.bytes_between(self.rel(from), self.rel(to));
             let probes = phases.get(i).copied().unwrap_or_default();
+            let stall = self.stall_after(mark).map_or("-".to_owned(), |d| {
+                format!("{:.1} ms", d.as_secs_f64() * 1e3)
+            });
             let _ = writeln!(
                 out,
-                "  {:<14} {:>5.2} s {:>11.1} {:>11.1} {:>7} {:>5} {:>12}",
+                "  {:<14} {:>5.2} s {:>11.1} {:>11.1} {:>7} {:>5} {:>12} {:>10}",
                 mark.phase(),
                 (to - from).as_secs_f64(),
                 p as f64 / 1e6,
                 s as f64 / 1e6,
                 probes.sent,
                 probes.lost,
-                gap(probes.longest_gap)
+                gap(probes.longest_gap),
+                stall
+            );
+        }
+        let long: Vec<String> = self
+            .stalls
+            .iter()
+            .filter(|s| s.length() >= LONG_STALL)
+            .map(|s| {
+                format!(
+                    "{:.3} s for {:.1} ms",
+                    self.rel(s.from),
+                    s.length().as_secs_f64() * 1e3
+                )
+            })
+            .collect();
+        if !long.is_empty() {
+            let _ = writeln!(
+                out,
+                "  TCP stalls of {} ms or more: at {}",
+                LONG_STALL.as_millis(),
+                long.join(", ")
             );
         }
         let all = probe_stats(&self.probes, |_| 0, 1)[0];

@@ -1,5 +1,7 @@
 //! Announce frames: gratuitous ARP, IPv6 unsolicited neighbour advertisement
-//! and RARP, built with pnet's packet types.
+//! and RARP, built with pnet's packet types; and the ARP request and
+//! neighbour solicitation that re-resolve a neighbour after a migration
+//! while the entry in use stays valid.
 //!
 //! Shapes follow what peers and switches expect: a gratuitous ARP is a
 //! broadcast request with sender = target = the address (as Linux's
@@ -12,7 +14,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use pnet_base::MacAddr;
 use pnet_packet::arp::{ArpHardwareTypes, ArpOperation, ArpOperations, MutableArpPacket};
 use pnet_packet::ethernet::{EtherType, EtherTypes, MutableEthernetPacket};
-use pnet_packet::icmpv6::ndp::{MutableNeighborAdvertPacket, NdpOption, NdpOptionTypes};
+use pnet_packet::icmpv6::ndp::{
+    MutableNeighborAdvertPacket, MutableNeighborSolicitPacket, NdpOption, NdpOptionTypes,
+};
 use pnet_packet::icmpv6::{self, Icmpv6Code, Icmpv6Packet, Icmpv6Types};
 use pnet_packet::ip::IpNextHeaderProtocols;
 use pnet_packet::ipv6::MutableIpv6Packet;
@@ -20,8 +24,8 @@ use pnet_packet::ipv6::MutableIpv6Packet;
 const ETH_HEADER: usize = 14;
 const ARP_LEN: usize = 28;
 const MIN_FRAME: usize = 60;
-/// NA: 24 bytes of header and target, 8 of target link-layer address option.
-const NA_LEN: usize = 32;
+/// NA or NS: 24 bytes of header and target, 8 of link-layer address option.
+const NDP_LEN: usize = 32;
 const IPV6_HEADER: usize = 40;
 /// Router=0, Solicited=0, Override=1.
 const NA_FLAG_OVERRIDE: u8 = 0x20;
@@ -39,7 +43,7 @@ fn arp_frame(
     mac: MacAddr,
     ethertype: EtherType,
     operation: ArpOperation,
-    ip: Ipv4Addr,
+    (ip, target_ip): (Ipv4Addr, Ipv4Addr),
     target_mac: MacAddr,
 ) -> Vec<u8> {
     let mut frame = vec![0u8; MIN_FRAME];
@@ -54,7 +58,7 @@ fn arp_frame(
     arp.set_sender_hw_addr(mac);
     arp.set_sender_proto_addr(ip);
     arp.set_target_hw_addr(target_mac);
-    arp.set_target_proto_addr(ip);
+    arp.set_target_proto_addr(target_ip);
     frame
 }
 
@@ -64,7 +68,18 @@ pub fn gratuitous_arp(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
         mac.into(),
         EtherTypes::Arp,
         ArpOperations::Request,
-        ip,
+        (ip, ip),
+        MacAddr::zero(),
+    )
+}
+
+/// A broadcast ARP request from `sender` (at `mac`) for `target`.
+pub fn arp_request(mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    arp_frame(
+        mac.into(),
+        EtherTypes::Arp,
+        ArpOperations::Request,
+        (sender, target),
         MacAddr::zero(),
     )
 }
@@ -75,7 +90,7 @@ pub fn rarp(mac: [u8; 6]) -> Vec<u8> {
         mac.into(),
         ETHERTYPE_RARP,
         RARP_REQUEST_REVERSE,
-        Ipv4Addr::UNSPECIFIED,
+        (Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED),
         mac.into(),
     )
 }
@@ -83,43 +98,69 @@ pub fn rarp(mac: [u8; 6]) -> Vec<u8> {
 /// An unsolicited neighbour advertisement for `ip` to all nodes.
 pub fn unsolicited_na(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
     let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-    let mut frame = vec![0u8; ETH_HEADER + IPV6_HEADER + NA_LEN];
-    ethernet(
-        &mut frame,
-        mac.into(),
-        MacAddr::new(0x33, 0x33, 0, 0, 0, 1),
-        EtherTypes::Ipv6,
-    );
-    {
-        let mut ip6 = MutableIpv6Packet::new(&mut frame[ETH_HEADER..]).expect("holds IPv6");
-        ip6.set_version(6);
-        ip6.set_payload_length(NA_LEN as u16);
-        ip6.set_next_header(IpNextHeaderProtocols::Icmpv6);
-        // RFC 4861: receivers drop ND messages whose hop limit is not 255.
-        ip6.set_hop_limit(255);
-        ip6.set_source(ip);
-        ip6.set_destination(all_nodes);
-    }
-    let icmp = &mut frame[ETH_HEADER + IPV6_HEADER..];
-    {
+    ndp_frame(mac, ip, all_nodes, |icmp| {
         let mut na = MutableNeighborAdvertPacket::new(icmp).expect("holds an NA");
         na.set_icmpv6_type(Icmpv6Types::NeighborAdvert);
         na.set_icmpv6_code(Icmpv6Code(0));
         na.set_flags(NA_FLAG_OVERRIDE);
         na.set_target_addr(ip);
-        na.set_options(&[NdpOption {
-            option_type: NdpOptionTypes::TargetLLAddr,
-            length: 1,
-            data: mac.to_vec(),
-        }]);
+        na.set_options(&[link_layer_option(NdpOptionTypes::TargetLLAddr, mac)]);
+    })
+}
+
+/// A neighbour solicitation from `src` (at `mac`) for `target`, to the
+/// target's solicited-node group (RFC 4861 §7.2.2).
+pub fn neighbor_solicitation(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let group = Ipv6Addr::from([
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t[13], t[14], t[15],
+    ]);
+    ndp_frame(mac, src, group, |icmp| {
+        let mut ns = MutableNeighborSolicitPacket::new(icmp).expect("holds an NS");
+        ns.set_icmpv6_type(Icmpv6Types::NeighborSolicit);
+        ns.set_icmpv6_code(Icmpv6Code(0));
+        ns.set_target_addr(target);
+        ns.set_options(&[link_layer_option(NdpOptionTypes::SourceLLAddr, mac)]);
+    })
+}
+
+fn link_layer_option(
+    option_type: pnet_packet::icmpv6::ndp::NdpOptionType,
+    mac: [u8; 6],
+) -> NdpOption {
+    NdpOption {
+        option_type,
+        length: 1,
+        data: mac.to_vec(),
     }
-    let checksum = icmpv6::checksum(
-        &Icmpv6Packet::new(icmp).expect("holds ICMPv6"),
-        &ip,
-        &all_nodes,
+}
+
+/// A neighbour discovery message from `src` to the multicast group `dst`,
+/// its body written by `body`, its checksum filled in.
+fn ndp_frame(mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, body: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    let mut frame = vec![0u8; ETH_HEADER + IPV6_HEADER + NDP_LEN];
+    let d = dst.octets();
+    ethernet(
+        &mut frame,
+        mac.into(),
+        MacAddr::new(0x33, 0x33, d[12], d[13], d[14], d[15]),
+        EtherTypes::Ipv6,
     );
-    MutableNeighborAdvertPacket::new(icmp)
-        .expect("holds an NA")
+    {
+        let mut ip6 = MutableIpv6Packet::new(&mut frame[ETH_HEADER..]).expect("holds IPv6");
+        ip6.set_version(6);
+        ip6.set_payload_length(NDP_LEN as u16);
+        ip6.set_next_header(IpNextHeaderProtocols::Icmpv6);
+        // RFC 4861: receivers drop ND messages whose hop limit is not 255.
+        ip6.set_hop_limit(255);
+        ip6.set_source(src);
+        ip6.set_destination(dst);
+    }
+    let icmp = &mut frame[ETH_HEADER + IPV6_HEADER..];
+    body(icmp);
+    let checksum = icmpv6::checksum(&Icmpv6Packet::new(icmp).expect("holds ICMPv6"), &src, &dst);
+    pnet_packet::icmpv6::MutableIcmpv6Packet::new(icmp)
+        .expect("holds ICMPv6")
         .set_checksum(checksum);
     frame
 }
@@ -154,6 +195,61 @@ mod tests {
                 assert_eq!(source_hardware_addr.0, MAC);
                 assert_eq!(source_protocol_addr, ip);
                 assert_eq!(target_protocol_addr, ip);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn arp_request_asks_for_the_target() {
+        let (me, gw) = (Ipv4Addr::new(10, 213, 0, 20), Ipv4Addr::new(10, 213, 0, 1));
+        let frame = arp_request(MAC, me, gw);
+        let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+        assert!(eth.dst_addr().is_broadcast());
+        let repr = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } = repr
+        else {
+            panic!("unexpected {repr:?}");
+        };
+        assert_eq!(operation, SArpOp::Request);
+        assert_eq!((source_protocol_addr, target_protocol_addr), (me, gw));
+    }
+
+    #[test]
+    fn neighbor_solicitation_goes_to_the_solicited_node_group() {
+        let me: Ipv6Addr = "fd00:213::20".parse().unwrap();
+        let gw: Ipv6Addr = "fd00:213::1:2:3".parse().unwrap();
+        let frame = neighbor_solicitation(MAC, me, gw);
+        let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+        assert_eq!(
+            eth.dst_addr().as_bytes(),
+            &[0x33, 0x33, 0xff, 0x02, 0x00, 0x03]
+        );
+        let ip6 = Ipv6Packet::new_checked(eth.payload()).unwrap();
+        assert_eq!(
+            ip6.dst_addr(),
+            "ff02::1:ff02:3".parse::<Ipv6Addr>().unwrap()
+        );
+        let icmp = SIcmp::new_checked(ip6.payload()).unwrap();
+        let repr = Icmpv6Repr::parse(
+            &ip6.src_addr(),
+            &ip6.dst_addr(),
+            &icmp,
+            &smoltcp::phy::ChecksumCapabilities::default(),
+        )
+        .expect("checksum verifies");
+        match repr {
+            Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+                target_addr,
+                lladdr,
+            }) => {
+                assert_eq!(target_addr, gw);
+                assert_eq!(lladdr.unwrap().as_bytes(), &MAC);
             }
             other => panic!("unexpected {other:?}"),
         }

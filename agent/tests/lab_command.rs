@@ -8,6 +8,11 @@ use std::process::{Command, Output};
 use vfailover::lab::root_or_skip;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vfailover");
+/// The longest the peer may wait for echoed bytes after a failover step.
+/// The goal is 50 ms; the margin is for a busy 2-core machine and for a
+/// peer whose own data was lost in the switch (Linux retransmits it after
+/// its minimum RTO, 200 ms). smoltcp alone would wait at least 1 s.
+const STALL_BOUND_MS: f64 = 300.0;
 
 /// Run `vfailover lab --bytes 8MiB` with `args`; panics with its output
 /// unless it exits 0.
@@ -37,6 +42,37 @@ fn agent_frames(report: &str) -> usize {
     line.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// The report's `TCP stall` column for the phases after the unplug, the
+/// migration and the replug, in ms (`-`: no stall of 2 ms or more).
+fn stalls(report: &str) -> Vec<(String, f64)> {
+    ["unplugged", "migrated", "replugged"]
+        .iter()
+        .map(|phase| {
+            let line = report
+                .lines()
+                .find(|l| l.trim_start().starts_with(phase))
+                .unwrap_or_else(|| panic!("no {phase} line in\n{report}"));
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let ms = match words.as_slice() {
+                [.., "-"] => 0.0,
+                [.., value, "ms"] => value.parse().unwrap(),
+                _ => panic!("no TCP stall on {line:?}"),
+            };
+            (phase.to_string(), ms)
+        })
+        .collect()
+}
+
+fn assert_no_long_stall(report: &str) {
+    for (phase, ms) in stalls(report) {
+        assert!(
+            ms <= STALL_BOUND_MS,
+            "TCP stood still {ms} ms after the step that began {phase} \
+             (bound {STALL_BOUND_MS} ms)\n{report}"
+        );
+    }
+}
+
 #[test]
 fn lab_reports_a_byte_exact_failover_and_plots_it() {
     if !root_or_skip() {
@@ -46,6 +82,7 @@ fn lab_reports_a_byte_exact_failover_and_plots_it() {
     let plot = dir.path().join("timeline.svg");
     let report = lab(&["--plot", plot.to_str().unwrap()]);
     assert!(report.contains("(byte-exact)"), "{report}");
+    assert_no_long_stall(&report);
     assert!(report.contains("switches during the run: 2"), "{report}");
     assert!(report.contains("migrations detected: 1"), "{report}");
     // 5 rounds of GARP + NA after the migration, and again after the
@@ -81,6 +118,7 @@ fn lab_with_guest_announce_leaves_announcing_to_the_device() {
     }
     let report = lab(&["--guest-announce", "on"]);
     assert!(report.contains("(byte-exact)"), "{report}");
+    assert_no_long_stall(&report);
     assert!(report.contains("guest announce on"), "{report}");
     assert_eq!(agent_frames(&report), 0, "{report}");
 }

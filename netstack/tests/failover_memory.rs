@@ -310,7 +310,10 @@ fn refreshing_neighbours_does_not_stall_tcp() {
         }
     });
     assert_eq!(asked, Some(1), "one ARP request, for the TCP peer");
-    assert!(longest.total_millis() <= 20, "longest echo stall: {longest}");
+    assert!(
+        longest.total_millis() <= 20,
+        "longest echo stall: {longest}"
+    );
 }
 
 /// A primary in its hold receives but does not send; released, it sends;

@@ -1096,6 +1096,7 @@ fn capture(stop: Arc<Mutex<bool>>) -> Result<Announces> {
         tv_sec: 0,
         tv_usec: 100_000,
     };
+    // SAFETY: `tv` is a valid timeval and the length matches it.
     unsafe {
         libc::setsockopt(
             fd,
@@ -1109,6 +1110,7 @@ fn capture(stop: Arc<Mutex<bool>>) -> Result<Announces> {
     let mut buf = [0u8; 2048];
     let hard_stop = Instant::now() + Duration::from_secs(300);
     while !*stop.lock().unwrap() && Instant::now() < hard_stop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes for the whole call.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
         if n < 14 {
             continue;
@@ -1132,6 +1134,7 @@ fn capture(stop: Arc<Mutex<bool>>) -> Result<Announces> {
             _ => {}
         }
     }
+    // SAFETY: `fd` is this function's own and not used after.
     unsafe { libc::close(fd) };
     Ok(a)
 }

@@ -11,7 +11,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -343,16 +342,7 @@ impl Daemon {
         let mut fds: Vec<RawFd> = self.discovery.fds();
         fds.push(self.waker.as_fd().as_raw_fd());
         fds.push(self.signals.as_raw_fd());
-        let mut polls: Vec<PollFd> = fds
-            .iter()
-            // SAFETY: the fds belong to objects `self` owns, alive for this call.
-            .map(|&fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::POLLIN))
-            .collect();
-        let ms = timeout.as_micros().div_ceil(1000).min(u16::MAX as u128) as u16;
-        match nix::poll::poll(&mut polls, PollTimeout::from(ms)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
-            Err(e) => Err(e).context("poll in the main loop"),
-        }
+        crate::sys::poll_readable(&fds, timeout).context("poll in the main loop")
     }
 
     fn drain_signal_pipe(&self) {

@@ -7,11 +7,15 @@
 //! [`stack`] (smoltcp interface, sockets and built-in services),
 //! [`datapath`] (the thread that owns all of it and sleeps when idle).
 
+#![deny(unsafe_code)]
+
 pub mod datapath;
 pub mod failover;
 pub mod link;
 pub mod monitor;
 pub mod stack;
 pub mod stats;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod wire;
 pub mod xdp;

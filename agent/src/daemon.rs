@@ -28,6 +28,7 @@ use vfailover_netstack::datapath::{
 use vfailover_netstack::link::packet::PacketLink;
 use vfailover_netstack::link::xdp::{XdpConfig, XdpLink, XdpModeRequest};
 use vfailover_netstack::link::Link;
+use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::stack::{Buffers, Stack, StackConfig};
 use vfailover_netstack::stats::{Path as DataPath, PathCounters};
 
@@ -440,7 +441,7 @@ impl Daemon {
                     RefusedDevice {
                         ifname: dev.ifname.clone(),
                         ifindex: dev.ifindex,
-                        mac: format_mac(dev.mac),
+                        mac: MacAddr(dev.mac).to_string(),
                         reason,
                     },
                 );
@@ -744,7 +745,7 @@ impl PairRuntime {
                     .collect::<Vec<_>>(),
             )
         });
-        let mac = self.mac.map(format_mac).unwrap_or_default();
+        let mac = self.mac.map(|m| MacAddr(m).to_string()).unwrap_or_default();
         self.datapath_late
             .set(matches!(snapshot, Err(CallError::Late(_))));
         let (path, stats, primary, standby, addresses) = match snapshot {
@@ -837,7 +838,7 @@ fn pair_specs(config: &Config) -> Vec<PairSpec> {
         .map(|p| PairSpec {
             name: p.name.clone(),
             standby: p.standby.clone(),
-            primary_mac: p.primary_mac,
+            primary_mac: p.primary_mac.map(|m| m.0),
         })
         .collect()
 }
@@ -914,13 +915,6 @@ fn register_signals() -> Result<(
         signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
     }
     Ok((read, terminate, reload))
-}
-
-fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn unix_secs(at: SystemTime) -> f64 {

@@ -12,6 +12,7 @@
 pub mod datapath;
 pub mod failover;
 pub mod link;
+pub mod mac;
 pub mod monitor;
 pub mod stack;
 pub mod stats;

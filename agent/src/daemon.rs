@@ -391,7 +391,11 @@ impl Daemon {
                 };
                 let mac = dev.key_mac();
                 p.mac = Some(mac);
-                let _ = p.datapath.call(move |s| s.set_mac(mac));
+                log_failed(
+                    &pair,
+                    "setting the MAC",
+                    p.datapath.call(move |s| s.set_mac(mac)),
+                );
                 p.standby = Some(dev.clone());
                 self.open_link(&pair, Role::Standby, dev);
             }
@@ -399,7 +403,11 @@ impl Daemon {
                 tracing::warn!(%pair, ifindex, "standby lost: path none, sockets kept");
                 if let Some(p) = self.pairs.get_mut(&pair) {
                     p.standby = None;
-                    let _ = p.datapath.send(Command::DetachStandby);
+                    log_failed(
+                        &pair,
+                        "detaching the standby",
+                        p.datapath.send(Command::DetachStandby),
+                    );
                 }
             }
             Action::AttachPrimary { pair, dev } => {
@@ -427,7 +435,11 @@ impl Daemon {
                     // The error and its retries were about that device.
                     p.fast_path_error = None;
                     p.fast_path_retry.reset();
-                    let _ = p.datapath.send(Command::DetachPrimary);
+                    log_failed(
+                        &pair,
+                        "detaching the primary",
+                        p.datapath.send(Command::DetachPrimary),
+                    );
                 }
             }
             Action::StandbyCarrierBack { pair, ifindex } => {
@@ -500,11 +512,19 @@ impl Daemon {
                 tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "fast path up");
                 p.fast_path_error = None;
                 p.fast_path_retry.reset();
-                let _ = p.datapath.send(Command::AttachPrimary(link));
+                log_failed(
+                    &opened.pair,
+                    "attaching the primary",
+                    p.datapath.send(Command::AttachPrimary(link)),
+                );
             }
             (Role::Standby, Ok(link)) => {
                 tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "standby up");
-                let _ = p.datapath.send(Command::AttachStandby(link));
+                log_failed(
+                    &opened.pair,
+                    "attaching the standby",
+                    p.datapath.send(Command::AttachStandby(link)),
+                );
             }
             (Role::Primary, Err(e)) => {
                 let retry = p.fast_path_retry.failed(Instant::now());
@@ -552,7 +572,11 @@ impl Daemon {
             tracing::info!(%pair, %signal, ?guest_announce, "announcing");
             p.schedule = Some(AnnounceSchedule::start(timing, Instant::now()));
             // Peers and the gateway may have moved too: resolve them again.
-            let _ = p.datapath.call(Stack::refresh_neighbors);
+            log_failed(
+                pair,
+                "refreshing neighbours",
+                p.datapath.call(Stack::refresh_neighbors),
+            );
         } else {
             tracing::info!(%pair, %signal, ?guest_announce, policy = p.config.announce.as_str(), "not announcing");
         }
@@ -645,11 +669,12 @@ impl Daemon {
             // Which devices make which pair may change: start pairing afresh.
             // The links go first, in the datapath thread, so that the XDP
             // programs are gone before the devices are opened again.
-            for p in self.pairs.values_mut() {
-                let _ = p.datapath.call(|s| {
+            for (name, p) in self.pairs.iter_mut() {
+                let detached = p.datapath.call(|s| {
                     s.device_mut().detach_primary();
                     s.device_mut().detach_standby();
                 });
+                log_failed(name, "detaching the links for a re-pairing", detached);
                 p.standby = None;
                 p.primary = None;
             }
@@ -921,6 +946,18 @@ fn unix_secs(at: SystemTime) -> f64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
+}
+
+/// A datapath command whose failure only needs a log line: a datapath that
+/// is gone or late shows up in the pair's status on its own.
+fn log_failed<T, E: std::fmt::Display>(
+    pair: &(impl std::fmt::Display + ?Sized),
+    what: &str,
+    result: Result<T, E>,
+) {
+    if let Err(e) = result {
+        tracing::warn!(%pair, "{what}: {e}");
+    }
 }
 
 #[cfg(test)]

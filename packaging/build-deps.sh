@@ -10,7 +10,7 @@
 # (verify, security), udev for udevadm (rules test), man-db to check the
 # man page. Installing these packages does not start anything in a
 # container: their postinsts skip services when systemd is not PID 1.
-# QEMU end-to-end test (agent/tests/qemu_migration.rs): QEMU, a static
+# QEMU end-to-end test (agent/tests/qemu_migration/): QEMU, a static
 # busybox, cpio, kmod (depmod), xz-utils (the PVH vmlinux).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive

@@ -6,13 +6,13 @@
 //! guest announced itself after a migration.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use vfailover_netstack::sys::packet;
 
-const ETH_P_ALL: u16 = 0x0003;
 const ETHERTYPE_ARP: u16 = 0x0806;
 const ETHERTYPE_RARP: u16 = 0x8035;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
@@ -85,7 +85,7 @@ pub fn capture_until(
     stop: &AtomicBool,
 ) -> Result<Vec<(Instant, Announce)>> {
     let socket = open(ifname)?;
-    attach_no_ipv4_filter(&socket)?;
+    packet::attach_filter(socket.as_fd(), &NO_IPV4).context("attaching the capture filter")?;
     let deadline = Instant::now() + duration;
     let mut seen = Vec::new();
     let mut buf = [0u8; 2048];
@@ -93,17 +93,19 @@ pub fn capture_until(
         if stop.load(Ordering::Acquire) {
             break;
         }
-        set_timeout(&socket, left.clamp(Duration::from_millis(1), STOP_POLL))?;
-        // SAFETY: `buf` is valid for `buf.len()` bytes for the whole call.
-        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            match err.kind() {
+        packet::set_recv_timeout(
+            socket.as_fd(),
+            left.clamp(Duration::from_millis(1), STOP_POLL),
+        )
+        .context("setting SO_RCVTIMEO")?;
+        let n = match packet::recv(socket.as_fd(), &mut buf, 0) {
+            Ok(n) => n,
+            Err(e) => match e.kind() {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => continue,
-                _ => return Err(err).context("capturing announce frames"),
-            }
-        }
-        if let Some(announce) = parse(&buf[..n as usize]) {
+                _ => return Err(e).context("capturing announce frames"),
+            },
+        };
+        if let Some(announce) = parse(&buf[..n]) {
             seen.push((Instant::now(), announce));
         }
     }
@@ -111,114 +113,43 @@ pub fn capture_until(
 }
 
 fn open(ifname: &str) -> Result<OwnedFd> {
-    let protocol = ETH_P_ALL.to_be();
-    // SAFETY: plain socket(2) call; the result is checked below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            protocol.into(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("opening an AF_PACKET socket");
-    }
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = packet::open(packet::ETH_P_ALL, false).context("opening an AF_PACKET socket")?;
     let ifindex = nix::net::if_::if_nametoindex(ifname)
         .with_context(|| format!("no interface {ifname} here"))?;
-    // SAFETY: sockaddr_ll is plain data; all-zero is a valid starting value.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = protocol;
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: `addr` is a valid sockaddr_ll and the length matches it.
-    let rc = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("binding to {ifname}"));
-    }
+    packet::bind(socket.as_fd(), ifindex, packet::ETH_P_ALL)
+        .with_context(|| format!("binding to {ifname}"))?;
     Ok(socket)
 }
 
 /// A classic BPF program: drop IPv4 (ethertype 0x0800), keep the rest.
-fn attach_no_ipv4_filter(socket: &OwnedFd) -> Result<()> {
-    const ETHERTYPE_IPV4: u32 = 0x0800;
-    let mut code = [
-        // ldh [12]: the ethertype
-        libc::sock_filter {
-            code: (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16,
-            jt: 0,
-            jf: 0,
-            k: 12,
-        },
-        // jeq #0x0800: next (drop) if IPv4, else skip one (keep)
-        libc::sock_filter {
-            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 1,
-            k: ETHERTYPE_IPV4,
-        },
-        libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: u32::MAX,
-        },
-    ];
-    let program = libc::sock_fprog {
-        len: code.len() as u16,
-        filter: code.as_mut_ptr(),
-    };
-    // SAFETY: `program` points at `code`, both alive for the call; the
-    // kernel copies the program.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&program as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error()).context("attaching the capture filter");
-    }
-    Ok(())
-}
-
-fn set_timeout(socket: &OwnedFd, timeout: Duration) -> Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: `tv` is a valid timeval and the length matches it.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error()).context("setting SO_RCVTIMEO");
-    }
-    Ok(())
-}
+const NO_IPV4: [libc::sock_filter; 4] = [
+    // ldh [12]: the ethertype
+    libc::sock_filter {
+        code: (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16,
+        jt: 0,
+        jf: 0,
+        k: 12,
+    },
+    // jeq #0x0800: next (drop) if IPv4, else skip one (keep)
+    libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 1,
+        k: 0x0800,
+    },
+    libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    },
+    libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: u32::MAX,
+    },
+];
 
 #[cfg(test)]
 mod tests {

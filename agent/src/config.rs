@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use smoltcp::wire::{IpAddress, IpCidr};
 use toml::Spanned;
+use vfailover_netstack::mac::{MacAddr, ParseMacError};
 use vfailover_netstack::stack::{ServiceConfig, ServiceKind};
 
 /// Where the daemon reads its configuration unless told otherwise.
@@ -161,7 +162,7 @@ pub struct PairConfig {
     /// The standby's interface name; `None`: the next auto-detected one.
     pub standby: Option<String>,
     /// `None`: the standby's permanent MAC.
-    pub primary_mac: Option<[u8; 6]>,
+    pub primary_mac: Option<MacAddr>,
     pub addresses: Vec<IpCidr>,
     pub gateway: Option<Ipv4Addr>,
     pub gateway6: Option<Ipv6Addr>,
@@ -242,7 +243,7 @@ impl Config {
             out += &format!("\npair {}: standby ", pair.name);
             out += pair.standby.as_deref().unwrap_or("auto-detected");
             if let Some(mac) = pair.primary_mac {
-                out += &format!(", MAC {}", format_mac(mac));
+                out += &format!(", MAC {mac}");
             }
             let addresses: Vec<String> = pair.addresses.iter().map(|a| a.to_string()).collect();
             out += &format!(", addresses {}", addresses.join(" "));
@@ -818,7 +819,7 @@ impl Validator<'_> {
     fn unique_across_pairs(&mut self, pairs: &[(PairConfig, PairSpans)]) {
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut standbys: HashMap<&str, usize> = HashMap::new();
-        let mut macs: HashMap<[u8; 6], usize> = HashMap::new();
+        let mut macs: HashMap<MacAddr, usize> = HashMap::new();
         let mut addresses: HashMap<IpAddress, usize> = HashMap::new();
         for (i, (pair, spans)) in pairs.iter().enumerate() {
             if let Some(&first) = names.get(pair.name.as_str()) {
@@ -854,10 +855,7 @@ impl Validator<'_> {
                     self.problem(
                         spans.primary_mac.clone(),
                         &format!("pair[{i}].primary_mac"),
-                        format!(
-                            "primary_mac {} is already used by pair[{first}]",
-                            format_mac(mac)
-                        ),
+                        format!("primary_mac {mac} is already used by pair[{first}]"),
                     );
                 } else {
                     macs.insert(mac, i);
@@ -888,35 +886,15 @@ fn service_name(kind: ServiceKind) -> &'static str {
     }
 }
 
-/// `aa:bb:cc:dd:ee:ff`, lower case, as `ip link` prints it.
-pub fn format_mac(mac: [u8; 6]) -> String {
-    let [a, b, c, d, e, f] = mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
-}
-
 /// Parses a unicast Ethernet address written `aa:bb:cc:dd:ee:ff` (or with `-`).
-fn parse_mac(text: &str) -> Result<[u8; 6], String> {
-    let not_mac =
-        || format!("`{text}` is not a MAC address (want six hex bytes: 02:00:00:00:00:01)");
-    let mut mac = [0u8; 6];
-    let mut parts = text.split([':', '-']);
-    for byte in &mut mac {
-        let part = parts.next().ok_or_else(not_mac)?;
-        // from_str_radix alone would take a sign: "+2" is 2.
-        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(not_mac());
-        }
-        *byte = u8::from_str_radix(part, 16).map_err(|_| not_mac())?;
-    }
-    if parts.next().is_some() {
-        return Err(not_mac());
-    }
-    if mac[0] & 1 != 0 {
+fn parse_mac(text: &str) -> Result<MacAddr, String> {
+    let mac: MacAddr = text.parse().map_err(|e: ParseMacError| e.to_string())?;
+    if mac.is_multicast() {
         return Err(format!(
             "`{text}` is a multicast MAC address; a NIC needs a unicast one"
         ));
     }
-    if mac == [0; 6] {
+    if mac.is_zero() {
         return Err(format!("`{text}` is the all-zero MAC address"));
     }
     Ok(mac)
@@ -1065,7 +1043,7 @@ services = [
         let pair = &config.pairs[0];
         assert_eq!(pair.name, "main");
         assert_eq!(pair.standby.as_deref(), Some("virtio0"));
-        assert_eq!(pair.primary_mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(pair.primary_mac, Some(MacAddr([2, 0, 0, 0, 0, 1])));
         assert_eq!(pair.addresses.len(), 2);
         assert_eq!(pair.addresses[0].to_string(), "10.213.0.20/24");
         assert_eq!(pair.addresses[1].to_string(), "fd00:213::20/64");

@@ -11,7 +11,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -29,6 +28,7 @@ use vfailover_netstack::datapath::{
 use vfailover_netstack::link::packet::PacketLink;
 use vfailover_netstack::link::xdp::{XdpConfig, XdpLink, XdpModeRequest};
 use vfailover_netstack::link::Link;
+use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::resend::ResendLimits;
 use vfailover_netstack::stack::{Buffers, Stack, StackConfig};
 use vfailover_netstack::stats::{Path as DataPath, PathCounters};
@@ -350,16 +350,7 @@ impl Daemon {
         let mut fds: Vec<RawFd> = self.discovery.fds();
         fds.push(self.waker.as_fd().as_raw_fd());
         fds.push(self.signals.as_raw_fd());
-        let mut polls: Vec<PollFd> = fds
-            .iter()
-            // SAFETY: the fds belong to objects `self` owns, alive for this call.
-            .map(|&fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::POLLIN))
-            .collect();
-        let ms = timeout.as_micros().div_ceil(1000).min(u16::MAX as u128) as u16;
-        match nix::poll::poll(&mut polls, PollTimeout::from(ms)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
-            Err(e) => Err(e).context("poll in the main loop"),
-        }
+        crate::sys::poll_readable(&fds, timeout).context("poll in the main loop")
     }
 
     fn drain_signal_pipe(&self) {
@@ -407,7 +398,11 @@ impl Daemon {
                 };
                 let mac = dev.key_mac();
                 p.mac = Some(mac);
-                let _ = p.datapath.call(move |s| s.set_mac(mac));
+                log_failed(
+                    &pair,
+                    "setting the MAC",
+                    p.datapath.call(move |s| s.set_mac(mac)),
+                );
                 p.standby = Some(dev.clone());
                 self.open_link(&pair, Role::Standby, dev);
             }
@@ -415,7 +410,11 @@ impl Daemon {
                 tracing::warn!(%pair, ifindex, "standby lost: path none, sockets kept");
                 if let Some(p) = self.pairs.get_mut(&pair) {
                     p.standby = None;
-                    let _ = p.datapath.send(Command::DetachStandby);
+                    log_failed(
+                        &pair,
+                        "detaching the standby",
+                        p.datapath.send(Command::DetachStandby),
+                    );
                 }
             }
             Action::AttachPrimary { pair, dev } => {
@@ -429,9 +428,11 @@ impl Daemon {
                 self.refused.remove(&dev.ifindex);
                 if p.held.take() == Some(dev.ifindex) {
                     // Already receiving on it since it came up: TX follows.
-                    if let Err(e) = p.datapath.send(Command::ReleasePrimary) {
-                        tracing::error!(%pair, "cannot release the primary: {e}");
-                    }
+                    log_failed(
+                        &pair,
+                        "releasing the primary for TX",
+                        p.datapath.send(Command::ReleasePrimary),
+                    );
                 } else {
                     self.open_link(&pair, Role::Primary, dev);
                 }
@@ -465,7 +466,11 @@ impl Daemon {
                     // The error and its retries were about that device.
                     p.fast_path_error = None;
                     p.fast_path_retry.reset();
-                    let _ = p.datapath.send(Command::DetachPrimary);
+                    log_failed(
+                        &pair,
+                        "detaching the primary",
+                        p.datapath.send(Command::DetachPrimary),
+                    );
                 }
             }
             Action::StandbyCarrierBack { pair, ifindex } => {
@@ -479,7 +484,7 @@ impl Daemon {
                     RefusedDevice {
                         ifname: dev.ifname.clone(),
                         ifindex: dev.ifindex,
-                        mac: format_mac(dev.mac),
+                        mac: MacAddr(dev.mac).to_string(),
                         reason,
                     },
                 );
@@ -541,14 +546,20 @@ impl Daemon {
                 tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "fast path up");
                 p.fast_path_error = None;
                 p.fast_path_retry.reset();
-                let _ = p.datapath.send(Command::AttachPrimary(link));
+                log_failed(
+                    &opened.pair,
+                    "attaching the primary",
+                    p.datapath.send(Command::AttachPrimary(link)),
+                );
             }
             (Role::HeldPrimary, Ok(link)) => {
                 tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "receiving on the primary during its hold");
                 p.held = Some(opened.ifindex);
-                if let Err(e) = p.datapath.send(Command::AttachHeldPrimary(link)) {
-                    tracing::error!(pair = %opened.pair, "cannot hand the held primary over: {e}");
-                }
+                log_failed(
+                    &opened.pair,
+                    "attaching the held primary",
+                    p.datapath.send(Command::AttachHeldPrimary(link)),
+                );
             }
             (Role::HeldPrimary, Err(e)) => {
                 // The attach after the hold opens it again and reports.
@@ -556,7 +567,11 @@ impl Daemon {
             }
             (Role::Standby, Ok(link)) => {
                 tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "standby up");
-                let _ = p.datapath.send(Command::AttachStandby(link));
+                log_failed(
+                    &opened.pair,
+                    "attaching the standby",
+                    p.datapath.send(Command::AttachStandby(link)),
+                );
             }
             (Role::Primary, Err(e)) => {
                 let retry = p.fast_path_retry.failed(Instant::now());
@@ -604,9 +619,11 @@ impl Daemon {
             tracing::info!(%pair, %signal, ?guest_announce, "announcing");
             p.schedule = Some(AnnounceSchedule::start(timing, Instant::now()));
             // Peers and the gateway may have moved too: resolve them again.
-            if let Err(e) = p.datapath.call(Stack::refresh_neighbors) {
-                tracing::warn!(%pair, error = %e, "cannot re-resolve neighbours");
-            }
+            log_failed(
+                pair,
+                "refreshing neighbours",
+                p.datapath.call(Stack::refresh_neighbors),
+            );
         } else {
             tracing::info!(%pair, %signal, ?guest_announce, policy = p.config.announce.as_str(), "not announcing");
         }
@@ -614,9 +631,11 @@ impl Daemon {
         // After the first announce, so the network knows where to send the
         // peer's answers: what went out before it may have been lost.
         if let Some(p) = self.pairs.get(pair) {
-            if let Err(e) = p.datapath.call(|s| s.device_mut().resend_unacked()) {
-                tracing::warn!(%pair, error = %e, "cannot resend unacknowledged TCP segments");
-            }
+            log_failed(
+                pair,
+                "resending unacknowledged TCP segments",
+                p.datapath.call(|s| s.device_mut().resend_unacked()),
+            );
         }
     }
 
@@ -706,11 +725,12 @@ impl Daemon {
             // Which devices make which pair may change: start pairing afresh.
             // The links go first, in the datapath thread, so that the XDP
             // programs are gone before the devices are opened again.
-            for p in self.pairs.values_mut() {
-                let _ = p.datapath.call(|s| {
+            for (name, p) in self.pairs.iter_mut() {
+                let detached = p.datapath.call(|s| {
                     s.device_mut().detach_primary();
                     s.device_mut().detach_standby();
                 });
+                log_failed(name, "detaching the links for a re-pairing", detached);
                 p.standby = None;
                 p.primary = None;
             }
@@ -808,7 +828,7 @@ impl PairRuntime {
                     .collect::<Vec<_>>(),
             )
         });
-        let mac = self.mac.map(format_mac).unwrap_or_default();
+        let mac = self.mac.map(|m| MacAddr(m).to_string()).unwrap_or_default();
         self.datapath_late
             .set(matches!(snapshot, Err(CallError::Late(_))));
         let (path, stats, primary, standby, addresses) = match snapshot {
@@ -904,7 +924,7 @@ fn pair_specs(config: &Config) -> Vec<PairSpec> {
         .map(|p| PairSpec {
             name: p.name.clone(),
             standby: p.standby.clone(),
-            primary_mac: p.primary_mac,
+            primary_mac: p.primary_mac.map(|m| m.0),
         })
         .collect()
 }
@@ -983,17 +1003,22 @@ fn register_signals() -> Result<(
     Ok((read, terminate, reload))
 }
 
-fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn unix_secs(at: SystemTime) -> f64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
+}
+
+/// A datapath command whose failure only needs a log line: a datapath that
+/// is gone or late shows up in the pair's status on its own.
+fn log_failed<T, E: std::fmt::Display>(
+    pair: &(impl std::fmt::Display + ?Sized),
+    what: &str,
+    result: Result<T, E>,
+) {
+    if let Err(e) = result {
+        tracing::warn!(%pair, "{what}: {e}");
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The vfailover agent: the daemon's pieces, the namespace lab and the
 //! scripted failover run over it.
 
+#![deny(unsafe_code)]
+
 pub mod backoff;
 pub mod bench;
 pub mod capture;
@@ -14,3 +16,5 @@ pub mod migration;
 pub mod pairing;
 pub mod scenario;
 pub mod status;
+#[allow(unsafe_code)]
+mod sys;

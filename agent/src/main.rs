@@ -1,5 +1,7 @@
 //! `vfailover`: the guest agent's command line.
 
+#![deny(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -19,8 +19,9 @@
 //! device table and the time, and returns what the daemon must do.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write;
 use std::time::{Duration, Instant};
+
+use vfailover_netstack::mac::MacAddr;
 
 use crate::discovery::{Class, NetDev};
 
@@ -539,7 +540,7 @@ impl Pair {
                     if let (Some(primary), true) = (&self.primary, self.eligible(dev, others)) {
                         format!(
                             "second primary with MAC {} for pair {}: {} is attached",
-                            fmt_mac(mac),
+                            MacAddr(mac),
                             self.spec.name,
                             primary.ifname
                         )
@@ -549,7 +550,7 @@ impl Pair {
                     {
                         format!(
                             "second standby with MAC {} for pair {}",
-                            fmt_mac(mac),
+                            MacAddr(mac),
                             self.spec.name
                         )
                     } else {
@@ -586,17 +587,6 @@ impl Pair {
 /// member of a pair.
 fn is_master(dev: &NetDev) -> bool {
     dev.class == Class::FailoverMaster || !dev.lowers.is_empty()
-}
-
-pub fn fmt_mac(mac: [u8; 6]) -> String {
-    let mut s = String::with_capacity(17);
-    for (i, byte) in mac.iter().enumerate() {
-        if i > 0 {
-            s.push(':');
-        }
-        let _ = write!(s, "{byte:02x}");
-    }
-    s
 }
 
 #[cfg(test)]
@@ -1148,7 +1138,7 @@ mod tests {
         assert_eq!(hold.after(0), Duration::from_secs(2));
         assert_eq!(hold.after(100), Duration::from_secs(2));
         assert_eq!(Hold::default().after(100), Duration::from_secs(10));
-        assert_eq!(fmt_mac(M1), "52:54:00:00:00:01");
+        assert_eq!(MacAddr(M1).to_string(), "52:54:00:00:00:01");
     }
 
     /// net_failover's three netdevs classified from a fake sysfs tree, the

@@ -41,7 +41,7 @@ fn check(config: &Config) {
             assert_ne!(other.name, pair.name);
         }
         let (standby, _) = MemoryLink::pair("standby", "peer");
-        let mac = pair.primary_mac.unwrap_or([2, 0, 0, 0, 0, 1]);
+        let mac = pair.primary_mac.map_or([2, 0, 0, 0, 0, 1], |m| m.0);
         if let Err(e) = Stack::new(&stack_config(pair, mac), Some(Box::new(standby)), None) {
             panic!(
                 "config accepted pair {} but the stack refuses it: {e}",

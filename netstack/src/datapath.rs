@@ -8,13 +8,13 @@
 //! allows; it keeps polling without sleeping only while frames flow.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::link::{Health, Link};
@@ -377,13 +377,9 @@ impl Poller {
         self.epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         self.registered = datapath.watched_fds();
         for &fd in &self.registered {
-            // SAFETY: every fd comes from an object the datapath owns and keeps
+            // By number: every fd comes from an object the datapath keeps
             // open at least until the next generation change rebuilds this set.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            self.epoll.add(
-                fd,
-                EpollEvent::new(EpollFlags::EPOLLIN, fd.as_raw_fd() as u64),
-            )?;
+            crate::sys::epoll_add_in(&self.epoll.0, fd)?;
         }
         self.generation = Some(generation);
         Ok(())

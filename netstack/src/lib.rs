@@ -7,12 +7,17 @@
 //! [`stack`] (smoltcp interface, sockets and built-in services),
 //! [`datapath`] (the thread that owns all of it and sleeps when idle).
 
+#![deny(unsafe_code)]
+
 pub mod datapath;
 pub mod failover;
 pub mod link;
+pub mod mac;
 pub mod monitor;
 pub mod resend;
 pub mod stack;
 pub mod stats;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod wire;
 pub mod xdp;

@@ -538,9 +538,6 @@ fn is_unicast(addr: &IpAddr) -> bool {
 }
 
 fn random_seed() -> u64 {
-    let mut seed = [0u8; 8];
-    // getrandom(2) only fails on a bad buffer; a zero seed is still valid.
-    // SAFETY: the pointer and length describe `seed`, which outlives the call.
-    unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
-    u64::from_ne_bytes(seed)
+    // A zero seed, should getrandom fail, is still valid.
+    crate::sys::random_u64()
 }

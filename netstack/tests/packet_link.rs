@@ -163,8 +163,7 @@ fn random_u32() -> u32 {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 // Frame inspection, offsets behind a 14-byte Ethernet header.

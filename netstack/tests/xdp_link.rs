@@ -17,6 +17,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use vfailover_netstack::link::xdp::{XdpConfig, XdpLink, XdpModeRequest};
 use vfailover_netstack::link::{Health, Link, LinkError, LinkMode};
+use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::xdp::attached_program;
 
 const GUEST_IF: &str = "veth0";
@@ -78,7 +79,10 @@ impl Lab {
 /// queues each side so the one-XSK-per-queue path is exercised, with fixed
 /// MACs and the addresses of both kernels.
 fn create_veth(g: &str, p: &str) {
-    let (gm, pm) = (mac_string(&GUEST_MAC), mac_string(&PEER_MAC));
+    let (gm, pm) = (
+        MacAddr(GUEST_MAC).to_string(),
+        MacAddr(PEER_MAC).to_string(),
+    );
     let queues = "numtxqueues 2 numrxqueues 2";
     cmd(&format!(
         "ip -n {g} link add name {GUEST_IF} address {gm} {queues} \
@@ -111,13 +115,6 @@ impl Drop for Lab {
     }
 }
 
-fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// Move the calling thread into network namespace `name`.
 fn enter(name: &str) {
     let ns = File::open(format!("/run/netns/{name}")).expect("open netns");
@@ -125,8 +122,7 @@ fn enter(name: &str) {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 #[test]

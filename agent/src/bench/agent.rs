@@ -177,8 +177,11 @@ fn usage_over(agent: &Agent, during: impl FnOnce() -> Result<()>) -> Result<Usag
     let (cpu0, t0) = (agent.resources()?.cpu_ticks, Instant::now());
     during()?;
     let (end, took) = (agent.resources()?, t0.elapsed());
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(1)
+        .max(1) as f64;
     Ok(Usage {
         seconds: took.as_secs_f64(),
         cpu: (end.cpu_ticks - cpu0) as f64 / hz / took.as_secs_f64(),

@@ -276,7 +276,6 @@ fn discovery_can_move_to_the_control_thread() {
 /// Discovery on the live kernel, in a namespace of its own.
 mod netns {
     use std::fs::File;
-    use std::os::fd::BorrowedFd;
     use std::process::Command;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc::{self, Receiver};
@@ -284,7 +283,6 @@ mod netns {
     use std::thread::{self, JoinHandle};
     use std::time::{Duration, Instant, SystemTime};
 
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sched::{setns, CloneFlags};
 
     use super::super::*;
@@ -368,15 +366,7 @@ mod netns {
                 let mut discovery = Discovery::open("/sys".into()).expect("discovery");
                 start_tx.send(discovery.devices().clone()).expect("start");
                 while !flag.load(Ordering::Relaxed) {
-                    let raw = discovery.fds();
-                    // SAFETY: the fds belong to `discovery`, alive all along.
-                    let mut fds: Vec<PollFd> = raw
-                        .iter()
-                        .map(|&fd| unsafe {
-                            PollFd::new(BorrowedFd::borrow_raw(fd), PollFlags::POLLIN)
-                        })
-                        .collect();
-                    let _ = poll(&mut fds, PollTimeout::from(50u16));
+                    let _ = crate::sys::poll_readable(&discovery.fds(), Duration::from_millis(50));
                     for event in discovery.process() {
                         if tx.send(event).is_err() {
                             return;

@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{Health, Link, LinkError, LinkMode};
-use crate::xdp::sys;
+use crate::sys;
 use crate::xdp::xsk::{BindError, XskConfig, XskSet};
 use crate::xdp::{attached_program, AttachMode, Attachment, Filter};
 
@@ -145,8 +145,8 @@ impl XdpLink {
     /// attached, and with `Gone` if the device does not exist.
     pub fn open(cfg: &XdpConfig) -> Result<XdpLink, LinkError> {
         let ifname = cfg.ifname.as_str();
-        let ifindex =
-            sys::ifindex(ifname).map_err(|e| LinkError::from_io(ifname, "look up interface", e))?;
+        let ifindex = sys::ask_here(ifname, sys::ifindex)
+            .map_err(|e| LinkError::from_io(ifname, "look up interface", e))?;
         let foreign = attached_program(ifindex)
             .map_err(|e| LinkError::from_io(ifname, "query XDP programs", e))?;
         if let Some((id, mode)) = foreign {
@@ -228,7 +228,7 @@ impl XdpLink {
             filter.insert_socket(queue, fd)?;
         }
         let room = xsks.frame_room();
-        let max_frame_len = match sys::mtu(ifname) {
+        let max_frame_len = match sys::ask_here(ifname, sys::mtu) {
             Ok(mtu) => room.min(mtu as usize + ETH_HEADER),
             Err(_) => room,
         };
@@ -296,7 +296,7 @@ fn bind_retrying(
 
 /// RX queues of the device: ethtool channels, else sysfs, else one.
 fn rx_queue_count(ifname: &str, ifindex: u32) -> u32 {
-    match sys::rx_queue_count(ifname) {
+    match sys::ask_here(ifname, sys::rx_queue_count) {
         Ok(n) if n > 0 => return n,
         Ok(_) => {}
         Err(e) => tracing::debug!(ifname, error = %e, "ETHTOOL_GCHANNELS failed"),

@@ -8,8 +8,8 @@ use std::os::fd::{AsFd, OwnedFd, RawFd};
 
 use libbpf_rs::{libbpf_sys, MapCore, MapFlags, Object, ObjectBuilder};
 
-use super::sys;
 use crate::link::LinkError;
+use crate::sys::xdp as sys;
 
 /// The compiled filter (see the module header for how it is built).
 static FILTER_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/filter.bpf.o"));

@@ -29,7 +29,7 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use super::sys;
+use crate::sys::xdp as sys;
 
 /// Ring and UMEM sizes for [`XskSet::bind`]; ring sizes are powers of two.
 #[derive(Debug, Clone, Copy)]

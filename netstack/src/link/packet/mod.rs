@@ -30,19 +30,19 @@
 
 mod filter;
 
-use std::ffi::CString;
 use std::io;
-use std::mem;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use libc::{c_int, c_void, sock_filter};
+use libc::{c_int, sock_filter};
 
 use self::filter::{filter_program, MAX_INSNS};
 use super::{Health, Link, LinkError, LinkMode};
+use crate::sys::packet::{self, Received};
+use crate::sys::{self, set_int_opt, IfName};
 
 /// Frames taken per `recvmmsg`.
-const RX_BATCH: usize = 32;
+const RX_BATCH: usize = packet::MAX_BATCH;
 
 /// `struct virtio_net_hdr` (PACKET_VNET_HDR): before every frame received,
 /// and (all zeroes: no offload asked) before every frame sent.
@@ -75,30 +75,31 @@ impl PacketLink {
     /// drop-all filter, is drained, and only then gets the real filter.
     pub fn open(ifname: &str, addresses: &[IpAddr]) -> Result<PacketLink, LinkError> {
         let program = checked_program(addresses)?;
-        let name = ifreq_name(ifname)?;
+        let name = IfName::new(ifname).map_err(|e| LinkError::Setup(e.to_string()))?;
         let io_err = |what| move |e| LinkError::from_io(ifname, what, e);
 
         // Protocol 0: the socket takes no frames at all until `bind`.
-        let fd = packet_socket().map_err(io_err("socket(AF_PACKET)"))?;
-        let ifindex = ifindex(&fd, &name).map_err(io_err("SIOCGIFINDEX"))?;
-        let mtu = mtu(&fd, &name).map_err(io_err("SIOCGIFMTU"))?;
-        attach_filter(&fd, &filter_program(&[])).map_err(io_err("SO_ATTACH_FILTER"))?;
-        set_int_opt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)
+        let fd = packet::open(0, true).map_err(io_err("socket(AF_PACKET)"))?;
+        let sock = fd.as_fd();
+        let ifindex = sys::ifindex(sock, &name).map_err(io_err("SIOCGIFINDEX"))?;
+        let mtu = sys::mtu(sock, &name).map_err(io_err("SIOCGIFMTU"))?;
+        packet::attach_filter(sock, &filter_program(&[])).map_err(io_err("SO_ATTACH_FILTER"))?;
+        set_int_opt(sock, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)
             .map_err(io_err("PACKET_IGNORE_OUTGOING"))?;
-        set_int_opt(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1)
+        set_int_opt(sock, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1)
             .map_err(io_err("PACKET_VNET_HDR"))?;
-        if let Err(e) = set_int_opt(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1) {
+        if let Err(e) = set_int_opt(sock, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1) {
             tracing::debug!(ifname, "PACKET_QDISC_BYPASS not available: {e}");
         }
         // SO_RCVBUFFORCE ignores rmem_max but needs CAP_NET_ADMIN.
-        if set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF_BYTES).is_err() {
-            if let Err(e) = set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF_BYTES) {
+        if set_int_opt(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF_BYTES).is_err() {
+            if let Err(e) = set_int_opt(sock, libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF_BYTES) {
                 tracing::debug!(ifname, "SO_RCVBUF: {e}");
             }
         }
-        bind(&fd, ifindex).map_err(io_err("bind"))?;
+        packet::bind(sock, ifindex, packet::ETH_P_ALL).map_err(io_err("bind"))?;
         drain(&fd);
-        attach_filter(&fd, &program).map_err(io_err("SO_ATTACH_FILTER"))?;
+        packet::attach_filter(sock, &program).map_err(io_err("SO_ATTACH_FILTER"))?;
 
         let max_frame_len = mtu as usize + 14;
         tracing::debug!(ifname, ifindex, max_frame_len, "packet link open");
@@ -172,7 +173,12 @@ impl Link for PacketLink {
         let mut stale_retries = 1;
         while taken < budget {
             let want = (budget - taken).min(RX_BATCH);
-            let got = match recv_batch(&self.fd, &mut self.rx_buf, slot, &mut frames[..want]) {
+            let got = match packet::recv_batch(
+                self.fd.as_fd(),
+                &mut self.rx_buf,
+                slot,
+                &mut frames[..want],
+            ) {
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -227,7 +233,7 @@ impl Link for PacketLink {
         fill(&mut self.tx_buf[VNET_HDR_LEN..VNET_HDR_LEN + len]);
         let mut stale_retries = 1;
         loop {
-            match send_frame(&self.fd, &self.tx_buf[..VNET_HDR_LEN + len]) {
+            match packet::send(self.fd.as_fd(), &self.tx_buf[..VNET_HDR_LEN + len]) {
                 // Not news that the device is healthy: a send on a device
                 // without carrier succeeds too (the frame is dropped).
                 Ok(()) => return Ok(true),
@@ -260,7 +266,7 @@ impl Link for PacketLink {
         let program = checked_program(addrs)?;
         // SO_ATTACH_FILTER swaps the program atomically: no frame is judged
         // by neither or a mix of the two.
-        attach_filter(&self.fd, &program)
+        packet::attach_filter(self.fd.as_fd(), &program)
             .map_err(|e| LinkError::from_io(&self.ifname, "SO_ATTACH_FILTER", e))
     }
 
@@ -285,106 +291,6 @@ fn checked_program(addrs: &[IpAddr]) -> Result<Vec<sock_filter>, LinkError> {
     Ok(program)
 }
 
-/// `ifname` as the kernel's NUL-terminated `IFNAMSIZ` array.
-fn ifreq_name(ifname: &str) -> Result<[libc::c_char; libc::IFNAMSIZ], LinkError> {
-    let bad = || LinkError::Setup(format!("{ifname:?} is not a valid interface name"));
-    let c = CString::new(ifname).map_err(|_| bad())?;
-    let bytes = c.as_bytes_with_nul();
-    if bytes.len() > libc::IFNAMSIZ || ifname.is_empty() {
-        return Err(bad());
-    }
-    let mut name = [0; libc::IFNAMSIZ];
-    for (dst, &src) in name.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
-    }
-    Ok(name)
-}
-
-fn cvt(ret: c_int) -> io::Result<c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn packet_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall with constant arguments.
-    let fd = cvt(unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn set_int_opt(fd: &OwnedFd, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
-    // SAFETY: the option value is a live c_int and its exact size is passed.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const c_int).cast::<c_void>(),
-            mem::size_of::<c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
-}
-
-fn attach_filter(fd: &OwnedFd, program: &[sock_filter]) -> io::Result<()> {
-    let fprog = libc::sock_fprog {
-        // The caller bounds the length to MAX_INSNS.
-        len: program.len() as u16,
-        // The kernel only reads through this pointer.
-        filter: program.as_ptr().cast_mut(),
-    };
-    // SAFETY: `fprog` points at `program`, which outlives the call; the
-    // kernel copies the program before returning.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&fprog as *const libc::sock_fprog).cast::<c_void>(),
-            mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
-}
-
-/// Issue an interface ioctl on `fd` (answered in the socket's namespace).
-fn ifreq_ioctl(fd: &OwnedFd, request: libc::c_ulong, ifr: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: the SIOCGIF* requests used here read and write only within
-    // the `ifreq` we hand over.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), request, ifr as *mut libc::ifreq) }).map(drop)
-}
-
-fn new_ifreq(name: [libc::c_char; libc::IFNAMSIZ]) -> libc::ifreq {
-    // SAFETY: `ifreq` is plain old data (a name and a union of integers,
-    // addresses and a pointer); all zeroes is a valid value of it.
-    let mut ifr: libc::ifreq = unsafe { mem::zeroed() };
-    ifr.ifr_name = name;
-    ifr
-}
-
-fn ifindex(fd: &OwnedFd, name: &[libc::c_char; libc::IFNAMSIZ]) -> io::Result<u32> {
-    let mut ifr = new_ifreq(*name);
-    ifreq_ioctl(fd, libc::SIOCGIFINDEX, &mut ifr)?;
-    // SAFETY: SIOCGIFINDEX succeeded, so it filled in the index member.
-    Ok(unsafe { ifr.ifr_ifru.ifru_ifindex } as u32)
-}
-
-fn mtu(fd: &OwnedFd, name: &[libc::c_char; libc::IFNAMSIZ]) -> io::Result<u32> {
-    let mut ifr = new_ifreq(*name);
-    ifreq_ioctl(fd, libc::SIOCGIFMTU, &mut ifr)?;
-    // SAFETY: SIOCGIFMTU succeeded, so it filled in the MTU member.
-    Ok(unsafe { ifr.ifr_ifru.ifru_mtu } as u32)
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DeviceState {
     Up,
@@ -397,43 +303,12 @@ enum DeviceState {
 /// How the interface with `ifindex` is now: looked up by index, since its
 /// name may have changed since the link was opened.
 fn device_state(fd: &OwnedFd, ifindex: u32) -> DeviceState {
-    let from_err = |e: io::Error| match e.raw_os_error() {
-        Some(libc::ENODEV) => DeviceState::Gone,
-        _ => DeviceState::Unknown,
-    };
-    let mut ifr = new_ifreq([0; libc::IFNAMSIZ]);
-    ifr.ifr_ifru.ifru_ifindex = ifindex as c_int;
-    if let Err(e) = ifreq_ioctl(fd, libc::SIOCGIFNAME, &mut ifr) {
-        return from_err(e);
+    match sys::is_up(fd.as_fd(), ifindex) {
+        Ok(true) => DeviceState::Up,
+        Ok(false) => DeviceState::Down,
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => DeviceState::Gone,
+        Err(_) => DeviceState::Unknown,
     }
-    // SIOCGIFNAME filled in the name, which SIOCGIFFLAGS looks up.
-    if let Err(e) = ifreq_ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) {
-        return from_err(e);
-    }
-    // SAFETY: SIOCGIFFLAGS succeeded, so it filled in the flags member.
-    let flags = c_int::from(unsafe { ifr.ifr_ifru.ifru_flags });
-    if flags & libc::IFF_UP != 0 {
-        DeviceState::Up
-    } else {
-        DeviceState::Down
-    }
-}
-
-fn bind(fd: &OwnedFd, ifindex: u32) -> io::Result<()> {
-    // SAFETY: `sockaddr_ll` is plain old data; all zeroes is valid.
-    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-    addr.sll_ifindex = ifindex as c_int;
-    // SAFETY: `addr` is a live sockaddr_ll and its exact size is passed.
-    cvt(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast::<libc::sockaddr>(),
-            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
 }
 
 /// Throw away whatever was queued before the real filter was attached.
@@ -441,35 +316,10 @@ fn drain(fd: &OwnedFd) {
     let mut byte = [0u8; 1];
     // Bounded: frames keep arriving only if the drop-all filter failed.
     for _ in 0..4096 {
-        // SAFETY: receives at most one byte into `byte`.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                byte.as_mut_ptr().cast::<c_void>(),
-                byte.len(),
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            )
-        };
-        if n < 0 {
+        if packet::recv(fd.as_fd(), &mut byte, libc::MSG_DONTWAIT | libc::MSG_TRUNC).is_err() {
             break;
         }
     }
-}
-
-fn send_frame(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
-    // SAFETY: the kernel reads `frame.len()` bytes from `frame`.
-    let n = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            frame.as_ptr().cast::<c_void>(),
-            frame.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Finish a checksum the sender left to offload, as `hdr` describes: the
@@ -502,61 +352,6 @@ fn complete_checksum(hdr: &[u8; VNET_HDR_LEN], frame: &mut [u8]) {
     frame[field..field + 2].copy_from_slice(&csum.to_be_bytes());
 }
 
-/// One received message: its length and whether it did not fit its slot.
-#[derive(Debug, Clone, Copy, Default)]
-struct Received {
-    len: usize,
-    truncated: bool,
-}
-
-/// One `recvmmsg` of up to `frames.len()` messages, the i-th into the i-th
-/// `slot`-byte slot of `buf`. Returns how many arrived.
-fn recv_batch(
-    fd: &OwnedFd,
-    buf: &mut [u8],
-    slot: usize,
-    frames: &mut [Received],
-) -> io::Result<usize> {
-    let mut iovs: [libc::iovec; RX_BATCH] = std::array::from_fn(|_| libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    });
-    // SAFETY: `mmsghdr` is plain old data; all zeroes is an empty message.
-    let mut msgs: [libc::mmsghdr; RX_BATCH] = unsafe { mem::zeroed() };
-    let n = frames.len().min(RX_BATCH).min(buf.len() / slot);
-    for ((iov, msg), chunk) in iovs
-        .iter_mut()
-        .zip(&mut msgs)
-        .zip(buf.chunks_exact_mut(slot))
-    {
-        *iov = libc::iovec {
-            iov_base: chunk.as_mut_ptr().cast::<c_void>(),
-            iov_len: slot,
-        };
-        msg.msg_hdr.msg_iov = iov;
-        msg.msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: the first `n` messages each point at one iovec covering a
-    // distinct `slot`-byte chunk of `buf`, all alive for the call; a null
-    // timeout is allowed.
-    let got = cvt(unsafe {
-        libc::recvmmsg(
-            fd.as_raw_fd(),
-            msgs.as_mut_ptr(),
-            n as libc::c_uint,
-            libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-        )
-    })? as usize;
-    for (frame, msg) in frames.iter_mut().zip(&msgs[..got]) {
-        *frame = Received {
-            len: msg.msg_len as usize,
-            truncated: msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-        };
-    }
-    Ok(got)
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -573,7 +368,7 @@ mod tests {
                 other => panic!("{name:?}: {:?}", other.map(|l| l.ifname().to_owned())),
             }
         }
-        assert!(ifreq_name("exactly15chars_").is_ok());
+        assert!(IfName::new("exactly15chars_").is_ok());
     }
 
     /// A UDP/IPv4 frame as a checksum-offloading sender leaves it, and the

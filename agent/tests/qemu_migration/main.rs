@@ -356,6 +356,17 @@ fn daemon_available() -> bool {
 
 /// Longer than the agent's migration window (`migration::MIGRATION_WINDOW`, 10 s).
 const BETWEEN_MIGRATIONS: Duration = Duration::from_secs(11);
+/// The longest the peer's TCP echo may stand still while the guest runs
+/// through the unplug (the agent's switch to the standby): below smoltcp's
+/// minimum RTO (1 s) by far.
+const UNPLUG_STALL_BOUND: Duration = Duration::from_millis(300);
+/// The longest it may stand still after the guest stops for the RAM copy.
+/// Not the agent's to shorten: what the peer sent during the pause (0.3-0.5
+/// s, longer than the peer's 200 ms minimum RTO) is lost, the peer's
+/// retransmissions back off (200, 400, 800 ms...), and a SACK peer takes no
+/// duplicate ACK for a loss. A bound that still fails a connection that
+/// waits on smoltcp's timers (1 s after the resume, then 2 s...).
+const PAUSE_STALL_BOUND: Duration = Duration::from_millis(2500);
 
 fn vfailover_case(guest_announce: bool) {
     let label = if guest_announce {
@@ -515,6 +526,48 @@ fn vfailover_case(guest_announce: bool) {
     let r = report.unwrap();
     assert_eq!(r.bytes, bytes);
     assert_eq!(r.sent_sha, r.echoed_sha, "the echoed stream differs");
+    for (i, t) in times.iter().enumerate() {
+        let end = started.get(i + 1).copied().unwrap_or_else(Instant::now);
+        let completed = t.completed_at.unwrap_or(started[i]);
+        // The guest stopped for the copy this long before completion.
+        let stopped = completed - t.paused.unwrap_or_default();
+        let running = r
+            .stalls
+            .iter()
+            .filter(|(a, b)| *a >= started[i] && *b <= stopped)
+            .map(|(a, b)| *b - *a)
+            .max()
+            .unwrap_or_default();
+        let (unplug, after) = (running, r.longest_stall(stopped, end).unwrap_or_default());
+        let rel = |at: Instant| at.saturating_duration_since(started[i]).as_millis();
+        let long: Vec<String> = r
+            .stalls
+            .iter()
+            .filter(|(a, b)| *b > started[i] && *a < end && *b - *a >= Duration::from_millis(100))
+            .map(|(a, b)| format!("{}..{} ms", rel(*a), rel(*b)))
+            .collect();
+        eprintln!(
+            "[{label}, migration {}] longest TCP stall seen by the peer: {} from `migrate` until \
+             the guest stopped for the copy (the unplug, the guest running), {} from then on \
+             (the pause, {}, is part of it); stalls of 100 ms or more, from `migrate`: {long:?} \
+             (completed at {} ms)",
+            i + 1,
+            ms(Some(unplug)),
+            ms(Some(after)),
+            ms(t.paused),
+            rel(completed),
+        );
+        assert!(
+            unplug < UNPLUG_STALL_BOUND,
+            "migration {}: TCP stood still {unplug:?} around the unplug (bound {UNPLUG_STALL_BOUND:?})",
+            i + 1,
+        );
+        assert!(
+            after < PAUSE_STALL_BOUND,
+            "migration {}: TCP stood still {after:?} across the pause (bound {PAUSE_STALL_BOUND:?})",
+            i + 1,
+        );
+    }
     eprintln!(
         "[{label}] TCP echo {} bytes in {:.1} s across {migrations} migrations, byte-exact",
         r.bytes,

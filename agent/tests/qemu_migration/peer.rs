@@ -209,6 +209,22 @@ pub struct EchoReport {
     pub sent_sha: String,
     pub echoed_sha: String,
     pub took: Duration,
+    /// Every wait of 2 ms or more for echoed bytes (from, to): from the
+    /// later of the previous echoed bytes and the write of the awaited byte
+    /// to its arrival. The pacing's own pauses, with nothing outstanding,
+    /// do not count.
+    pub stalls: Vec<(Instant, Instant)>,
+}
+
+impl EchoReport {
+    /// The longest stall overlapping `from..to`.
+    pub fn longest_stall(&self, from: Instant, to: Instant) -> Option<Duration> {
+        self.stalls
+            .iter()
+            .filter(|(a, b)| *b > from && *a < to)
+            .map(|(a, b)| *b - *a)
+            .max()
+    }
 }
 
 impl Echo {
@@ -221,26 +237,45 @@ impl Echo {
             s.set_read_timeout(Some(Duration::from_secs(60))).ok();
             s.set_write_timeout(Some(Duration::from_secs(60))).ok();
             let mut rd = s.try_clone().map_err(|e| e.to_string())?;
-            let reader = thread::spawn(move || -> Result<(u64, String)> {
-                let mut h = Sha256::new();
-                let mut got = 0u64;
-                let mut buf = vec![0u8; 64 << 10];
-                let deadline = Instant::now() + Duration::from_secs(240);
-                while got < bytes {
-                    if Instant::now() > deadline {
-                        return Err(format!("echo: {got} of {bytes} bytes back in 240 s"));
+            // When each chunk's write began, by its first byte's offset.
+            let writes: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+            let written = writes.clone();
+            let reader =
+                thread::spawn(move || -> Result<(u64, String, Vec<(Instant, Instant)>)> {
+                    let mut h = Sha256::new();
+                    let mut got = 0u64;
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut last = Instant::now();
+                    let mut stalls = Vec::new();
+                    let deadline = Instant::now() + Duration::from_secs(240);
+                    while got < bytes {
+                        if Instant::now() > deadline {
+                            return Err(format!("echo: {got} of {bytes} bytes back in 240 s"));
+                        }
+                        let n = rd
+                            .read(&mut buf)
+                            .map_err(|e| format!("echo read after {got} bytes: {e}"))?;
+                        if n == 0 {
+                            return Err(format!("echo: closed after {got} of {bytes} bytes"));
+                        }
+                        let now = Instant::now();
+                        let sent_at = written
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .iter()
+                            .rev()
+                            .find(|(offset, _)| *offset <= got)
+                            .map(|(_, at)| *at);
+                        let from = sent_at.map_or(last, |at| at.max(last));
+                        if now.saturating_duration_since(from) >= Duration::from_millis(2) {
+                            stalls.push((from, now));
+                        }
+                        last = now;
+                        h.update(&buf[..n]);
+                        got += n as u64;
                     }
-                    let n = rd
-                        .read(&mut buf)
-                        .map_err(|e| format!("echo read after {got} bytes: {e}"))?;
-                    if n == 0 {
-                        return Err(format!("echo: closed after {got} of {bytes} bytes"));
-                    }
-                    h.update(&buf[..n]);
-                    got += n as u64;
-                }
-                Ok((got, hex(&h.finalize())))
-            });
+                    Ok((got, hex(&h.finalize()), stalls))
+                });
             let mut w = &s;
             let mut h = Sha256::new();
             let chunk = 16u64 << 10;
@@ -257,6 +292,10 @@ impl Echo {
                     })
                     .collect();
                 h.update(&data);
+                writes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((i * chunk, Instant::now()));
                 w.write_all(&data)
                     .map_err(|e| format!("echo write at chunk {i}: {e}"))?;
                 // Paced: the stream spans `pace`, so it crosses the whole migration.
@@ -266,12 +305,14 @@ impl Echo {
                 }
             }
             let sent_sha = hex(&h.finalize());
-            let (got, echoed_sha) = reader.join().map_err(|_| "reader panicked".to_string())??;
+            let (got, echoed_sha, stalls) =
+                reader.join().map_err(|_| "reader panicked".to_string())??;
             Ok(EchoReport {
                 bytes: got,
                 sent_sha,
                 echoed_sha,
                 took: t.elapsed(),
+                stalls,
             })
         });
         Echo { handle }

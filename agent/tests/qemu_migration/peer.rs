@@ -213,8 +213,11 @@ pub struct EchoReport {
     /// later of the previous echoed bytes and the write of the awaited byte
     /// to its arrival. The pacing's own pauses, with nothing outstanding,
     /// do not count.
-    pub stalls: Vec<(Instant, Instant)>,
+    pub stalls: Vec<Stall>,
 }
+
+/// A wait for echoed bytes: (from, to).
+pub type Stall = (Instant, Instant);
 
 impl EchoReport {
     /// The longest stall overlapping `from..to`.

@@ -243,42 +243,41 @@ impl Echo {
             // When each chunk's write began, by its first byte's offset.
             let writes: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
             let written = writes.clone();
-            let reader =
-                thread::spawn(move || -> Result<(u64, String, Vec<(Instant, Instant)>)> {
-                    let mut h = Sha256::new();
-                    let mut got = 0u64;
-                    let mut buf = vec![0u8; 64 << 10];
-                    let mut last = Instant::now();
-                    let mut stalls = Vec::new();
-                    let deadline = Instant::now() + Duration::from_secs(240);
-                    while got < bytes {
-                        if Instant::now() > deadline {
-                            return Err(format!("echo: {got} of {bytes} bytes back in 240 s"));
-                        }
-                        let n = rd
-                            .read(&mut buf)
-                            .map_err(|e| format!("echo read after {got} bytes: {e}"))?;
-                        if n == 0 {
-                            return Err(format!("echo: closed after {got} of {bytes} bytes"));
-                        }
-                        let now = Instant::now();
-                        let sent_at = written
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .iter()
-                            .rev()
-                            .find(|(offset, _)| *offset <= got)
-                            .map(|(_, at)| *at);
-                        let from = sent_at.map_or(last, |at| at.max(last));
-                        if now.saturating_duration_since(from) >= Duration::from_millis(2) {
-                            stalls.push((from, now));
-                        }
-                        last = now;
-                        h.update(&buf[..n]);
-                        got += n as u64;
+            let reader = thread::spawn(move || -> Result<(u64, String, Vec<Stall>)> {
+                let mut h = Sha256::new();
+                let mut got = 0u64;
+                let mut buf = vec![0u8; 64 << 10];
+                let mut last = Instant::now();
+                let mut stalls = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(240);
+                while got < bytes {
+                    if Instant::now() > deadline {
+                        return Err(format!("echo: {got} of {bytes} bytes back in 240 s"));
                     }
-                    Ok((got, hex(&h.finalize()), stalls))
-                });
+                    let n = rd
+                        .read(&mut buf)
+                        .map_err(|e| format!("echo read after {got} bytes: {e}"))?;
+                    if n == 0 {
+                        return Err(format!("echo: closed after {got} of {bytes} bytes"));
+                    }
+                    let now = Instant::now();
+                    let sent_at = written
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .rev()
+                        .find(|(offset, _)| *offset <= got)
+                        .map(|(_, at)| *at);
+                    let from = sent_at.map_or(last, |at| at.max(last));
+                    if now.saturating_duration_since(from) >= Duration::from_millis(2) {
+                        stalls.push((from, now));
+                    }
+                    last = now;
+                    h.update(&buf[..n]);
+                    got += n as u64;
+                }
+                Ok((got, hex(&h.finalize()), stalls))
+            });
             let mut w = &s;
             let mut h = Sha256::new();
             let chunk = 16u64 << 10;

@@ -28,6 +28,12 @@ fn a_tiny_bench_writes_the_table() {
         (1, 1, 1),
         "the migration was signalled and announced"
     );
+    let r = &results.resend;
+    assert_eq!(r.echo.len(), 4, "{r:?}");
+    assert!(
+        r.stalls.iter().all(|s| s.byte_exact && s.stalls.len() == 3),
+        "{r:?}"
+    );
     let text = std::fs::read_to_string(&output).unwrap();
     for needle in [
         "| payload | server | requests/s |",
@@ -37,6 +43,8 @@ fn a_tiny_bench_writes_the_table() {
         "| VF gone → standby | **event → first frame",
         "| idle |",
         "migration signal → first gratuitous ARP",
+        "| TCP resend | MiB echoed | MiB/s |",
+        "| TCP resend | after unplug | after migrate |",
         "| aim | measured | met |",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");

@@ -266,6 +266,11 @@ impl FailoverDevice {
         self.rx_queue.len()
     }
 
+    /// Replace what the resender may hold; what it held is dropped.
+    pub fn set_resend_limits(&mut self, limits: ResendLimits) {
+        self.resender = Resender::new(limits);
+    }
+
     /// Send every unacknowledged TCP segment again on the current path, at
     /// the next flush: after a migration, what went out before the network
     /// learnt where the guest is now may be lost.

@@ -28,6 +28,7 @@
 pub mod agent;
 pub mod failover;
 pub mod report;
+pub mod resend;
 pub mod tcp;
 pub mod udp;
 
@@ -195,6 +196,7 @@ pub struct Results {
     pub udp: Vec<(usize, Server, udp::UdpResult)>,
     pub tcp: Vec<(Offloads, Server, tcp::TcpResult)>,
     pub failover: failover::FailoverResult,
+    pub resend: resend::ResendResult,
     pub daemon: agent::DaemonResult,
 }
 
@@ -307,6 +309,8 @@ fn run_in(
 
     progress(&format!("{} unplug/replug cycles", options.cycles));
     let failover = failover::cycles(lab, &guest, options.cycles, cpus)?;
+    progress("TCP echo and failover with the TCP resend on and off");
+    let resend = resend::measure(lab, &guest, options.tcp_max_bytes.min(64 << 20), cpus)?;
     drop(guest);
     // The replugged vf0 is a new device with default offloads.
     tcp::offloads_off(lab)?;
@@ -326,6 +330,7 @@ fn run_in(
         udp: udp_rows,
         tcp: tcp_rows,
         failover,
+        resend,
         daemon,
     })
 }

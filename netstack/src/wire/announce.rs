@@ -175,6 +175,24 @@ mod tests {
 
     const MAC: [u8; 6] = [0x02, 0, 0, 0, 0x21, 0x03];
 
+    /// The IPv6 header and ICMPv6 message of a neighbour discovery frame,
+    /// its hop limit (255) and checksum verified.
+    fn parse_ndisc(frame: &[u8]) -> (smoltcp::wire::Ipv6Repr, Icmpv6Repr<'_>) {
+        let eth = EthernetFrame::new_checked(frame).unwrap();
+        let ip6 = Ipv6Packet::new_checked(eth.payload()).unwrap();
+        assert_eq!(ip6.hop_limit(), 255);
+        let header = smoltcp::wire::Ipv6Repr::parse(&ip6).unwrap();
+        let icmp = SIcmp::new_checked(ip6.payload()).unwrap();
+        let repr = Icmpv6Repr::parse(
+            &ip6.src_addr(),
+            &ip6.dst_addr(),
+            &icmp,
+            &smoltcp::phy::ChecksumCapabilities::default(),
+        )
+        .expect("checksum verifies");
+        (header, repr)
+    }
+
     #[test]
     fn gratuitous_arp_parses_as_request_for_itself() {
         let ip = Ipv4Addr::new(10, 213, 0, 20);
@@ -230,19 +248,8 @@ mod tests {
             eth.dst_addr().as_bytes(),
             &[0x33, 0x33, 0xff, 0x02, 0x00, 0x03]
         );
-        let ip6 = Ipv6Packet::new_checked(eth.payload()).unwrap();
-        assert_eq!(
-            ip6.dst_addr(),
-            "ff02::1:ff02:3".parse::<Ipv6Addr>().unwrap()
-        );
-        let icmp = SIcmp::new_checked(ip6.payload()).unwrap();
-        let repr = Icmpv6Repr::parse(
-            &ip6.src_addr(),
-            &ip6.dst_addr(),
-            &icmp,
-            &smoltcp::phy::ChecksumCapabilities::default(),
-        )
-        .expect("checksum verifies");
+        let (ip6, repr) = parse_ndisc(&frame);
+        assert_eq!(ip6.dst_addr, "ff02::1:ff02:3".parse::<Ipv6Addr>().unwrap());
         match repr {
             Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
                 target_addr,
@@ -269,17 +276,7 @@ mod tests {
     fn unsolicited_na_checksums_and_overrides() {
         let ip: Ipv6Addr = "fd00:213::20".parse().unwrap();
         let frame = unsolicited_na(MAC, ip);
-        let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
-        let ip6 = Ipv6Packet::new_checked(eth.payload()).unwrap();
-        assert_eq!(ip6.hop_limit(), 255);
-        let icmp = SIcmp::new_checked(ip6.payload()).unwrap();
-        let repr = Icmpv6Repr::parse(
-            &ip6.src_addr(),
-            &ip6.dst_addr(),
-            &icmp,
-            &smoltcp::phy::ChecksumCapabilities::default(),
-        )
-        .expect("checksum verifies");
+        let (_, repr) = parse_ndisc(&frame);
         match repr {
             Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
                 flags,

@@ -29,7 +29,7 @@ fn a_tiny_bench_writes_the_table() {
         "the migration was signalled and announced"
     );
     let r = &results.resend;
-    assert_eq!(r.echo.len(), 4, "{r:?}");
+    assert_eq!(r.echo.len(), 8, "{r:?}");
     assert!(
         r.stalls.iter().all(|s| s.byte_exact && s.stalls.len() == 3),
         "{r:?}"

@@ -13,8 +13,8 @@ use crate::lab::Lab;
 use crate::scenario::{failover_transfer, GatedStream, GuestStack, Step};
 
 /// Echo runs per setting; they alternate, so drift in the machine's load
-/// falls on both.
-const ROUNDS: usize = 2;
+/// falls on both, and the median of each is compared.
+const ROUNDS: usize = 4;
 
 /// One echo run.
 #[derive(Debug, Clone)]
@@ -48,18 +48,20 @@ pub struct ResendResult {
 }
 
 impl ResendResult {
-    /// Mean echo throughput with the resender on over off.
+    /// Median echo throughput with the resender on over off.
     pub fn cost_ratio(&self) -> Option<f64> {
-        let mean = |on: bool| {
-            let runs: Vec<f64> = self
+        let median = |on: bool| {
+            let mut runs: Vec<f64> = self
                 .echo
                 .iter()
                 .filter(|r| r.resend == on)
                 .map(EchoRun::mib_per_s)
                 .collect();
-            (!runs.is_empty()).then(|| runs.iter().sum::<f64>() / runs.len() as f64)
+            runs.sort_by(f64::total_cmp);
+            let n = runs.len();
+            (n > 0).then(|| (runs[(n - 1) / 2] + runs[n / 2]) / 2.0)
         };
-        Some(mean(true)? / mean(false)?)
+        Some(median(true)? / median(false)?)
     }
 }
 

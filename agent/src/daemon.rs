@@ -914,6 +914,7 @@ pub fn stack_config(config: &PairConfig, mac: [u8; 6]) -> StackConfig {
         mtu: config.mtu,
         buffers: Buffers::default(),
         resend: ResendLimits::default(),
+        tcp_sack: true,
     }
 }
 

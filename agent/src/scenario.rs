@@ -75,6 +75,7 @@ impl GuestStack {
             mtu: 1500,
             buffers: Buffers::default(),
             resend: ResendLimits::default(),
+            tcp_sack: true,
         };
         let addrs = addresses.clone();
         let datapath = lab.in_ns(Ns::Guest, move || -> Result<DatapathHandle> {

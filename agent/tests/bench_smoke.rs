@@ -31,7 +31,7 @@ fn a_tiny_bench_writes_the_table() {
     let r = &results.resend;
     assert_eq!(r.echo.len(), 8, "{r:?}");
     assert!(
-        r.stalls.iter().all(|s| s.byte_exact && s.stalls.len() == 3),
+        r.stalls.len() == 3 && r.stalls.iter().all(|s| s.byte_exact && s.stalls.len() == 3),
         "{r:?}"
     );
     let text = std::fs::read_to_string(&output).unwrap();
@@ -44,7 +44,7 @@ fn a_tiny_bench_writes_the_table() {
         "| idle |",
         "migration signal → first gratuitous ARP",
         "| TCP resend | MiB echoed | MiB/s |",
-        "| TCP resend | after unplug | after migrate |",
+        "| TCP resend | SACK | after unplug | after migrate |",
         "| aim | measured | met |",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");

@@ -146,6 +146,8 @@ impl Harness {
             mtu: MTU,
             buffers,
             resend: ResendLimits::default(),
+            // Half the runs take the SYN rewrite path too.
+            tcp_sack: !small_buffers,
         };
         let stack = Stack::new(&config, Some(Box::new(standby)), Some(Box::new(primary)))
             .expect("the fuzz stack's config is valid");
@@ -346,9 +348,13 @@ impl Harness {
             2 => device.set_link_health(self.ifindex[PRIMARY], Health::Up),
             3 => device.set_link_health(self.ifindex[STANDBY], Health::Down),
             4 => device.set_link_health(self.ifindex[STANDBY], Health::Up),
-            5 => self.stack.refresh_neighbors(),
+            5 => {
+                self.stack.refresh_neighbors();
+            }
             6 => {
+                // What the daemon does on a migration signal.
                 self.stack.announce(false);
+                self.stack.device_mut().resend_unacked();
             }
             _ => {
                 self.stack.announce(true);

@@ -53,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mtu: 1500,
         buffers: Buffers::default(),
         resend: ResendLimits::default(),
+        tcp_sack: true,
     };
     let mut stack = Stack::new(&config, Some(standby), primary)?;
     let server = stack.add_tcp_socket();

@@ -22,6 +22,7 @@ use crate::link::{Health, Link, LinkError};
 use crate::resend::{ResendLimits, Resender};
 use crate::stats::{Path, Stats, Switch, SwitchCause};
 use crate::wire::check::check_frame;
+use crate::wire::tcp::strip_sack_permitted;
 
 /// Ethernet header length; smoltcp's MTU for Ethernet includes it.
 const ETH_HEADER: usize = 14;
@@ -50,6 +51,9 @@ pub struct FailoverDevice {
     /// to re-register file descriptors.
     generation: u64,
     resender: Resender,
+    /// Offer peers SACK (smoltcp's default); off, SACK-permitted is taken
+    /// out of their SYNs (see [`crate::wire::tcp`] for why).
+    tcp_sack: bool,
     /// When the current receive round began: the clock for the resender,
     /// read once per round rather than per frame.
     round_started: Instant,
@@ -80,6 +84,7 @@ impl FailoverDevice {
             switch_started: None,
             generation: 0,
             resender: Resender::new(resend),
+            tcp_sack: true,
             round_started: Instant::now(),
             resend_due: false,
         };
@@ -266,6 +271,13 @@ impl FailoverDevice {
         self.rx_queue.len()
     }
 
+    /// Whether new TCP connections may use SACK. Off, a peer that lost
+    /// segments in a failover retransmits them on the repeated ACKs instead
+    /// of waiting for its RTO.
+    pub fn set_tcp_sack(&mut self, enabled: bool) {
+        self.tcp_sack = enabled;
+    }
+
     /// Replace what the resender may hold; what it held is dropped.
     pub fn set_resend_limits(&mut self, limits: ResendLimits) {
         self.resender = Resender::new(limits);
@@ -375,6 +387,7 @@ impl FailoverDevice {
         let (primary, standby) = (&mut self.primary, &mut self.standby);
         let queue = &mut self.rx_queue;
         let resender = &mut self.resender;
+        let sack = self.tcp_sack;
         for (path, link) in [(Path::Primary, primary), (Path::Standby, standby)] {
             let Some(link) = link.as_deref_mut() else {
                 continue;
@@ -386,7 +399,11 @@ impl FailoverDevice {
                 Ok(()) => {
                     counters.rx(frame.len());
                     resender.on_received(frame);
-                    queue.push_back(frame.to_vec());
+                    let mut frame = frame.to_vec();
+                    if !sack {
+                        strip_sack_permitted(&mut frame);
+                    }
+                    queue.push_back(frame);
                 }
                 Err(_) => counters.rx_malformed += 1,
             });

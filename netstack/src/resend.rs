@@ -30,6 +30,8 @@ use smoltcp::wire::{
     Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
+use crate::wire::tcp::TcpView;
+
 /// Copies of the ACK sent per connection: a peer without SACK enters fast
 /// retransmit on the third duplicate ACK (RFC 5681).
 const DUPLICATE_ACKS: usize = 3;
@@ -117,93 +119,22 @@ impl Flow {
     }
 }
 
-/// A TCP segment inside an Ethernet frame, as far as the resender needs it.
-struct TcpView {
-    src: IpAddress,
-    dst: IpAddress,
-    src_port: u16,
-    dst_port: u16,
-    seq: TcpSeqNumber,
-    ack: Option<TcpSeqNumber>,
-    syn: bool,
-    fin: bool,
-    rst: bool,
-    /// Where the TCP payload starts in the frame.
-    payload_at: usize,
-    payload_len: usize,
-}
-
-impl TcpView {
-    /// `None` for anything but a TCP segment in an unfragmented IPv4 or
-    /// IPv6 packet (extension headers are not followed).
-    fn parse(frame: &[u8]) -> Option<TcpView> {
-        let eth = EthernetFrame::new_checked(frame).ok()?;
-        let l3 = EthernetFrame::<&[u8]>::header_len();
-        let (src, dst, l4, ip_header) = match eth.ethertype() {
-            EthernetProtocol::Ipv4 => {
-                let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-                if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
-                    return None;
-                }
-                let header = ip.header_len() as usize;
-                (
-                    ip.src_addr().into(),
-                    ip.dst_addr().into(),
-                    ip.payload(),
-                    header,
-                )
-            }
-            EthernetProtocol::Ipv6 => {
-                let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
-                if ip.next_header() != IpProtocol::Tcp {
-                    return None;
-                }
-                (
-                    ip.src_addr().into(),
-                    ip.dst_addr().into(),
-                    ip.payload(),
-                    ip.header_len(),
-                )
-            }
-            _ => return None,
-        };
-        let tcp = TcpPacket::new_checked(l4).ok()?;
-        let tcp_header = tcp.header_len() as usize;
-        Some(TcpView {
-            src,
-            dst,
-            src_port: tcp.src_port(),
-            dst_port: tcp.dst_port(),
-            seq: tcp.seq_number(),
-            ack: tcp.ack().then(|| tcp.ack_number()),
-            syn: tcp.syn(),
-            fin: tcp.fin(),
-            rst: tcp.rst(),
-            payload_at: l3 + ip_header + tcp_header,
-            payload_len: l4.len() - tcp_header,
-        })
-    }
-
-    /// Sequence space taken: payload, plus one each for SYN and FIN.
-    fn seq_len(&self) -> usize {
-        self.payload_len + usize::from(self.syn) + usize::from(self.fin)
-    }
-
-    fn sent_key(&self) -> FlowKey {
+impl FlowKey {
+    fn sent(seg: &TcpView) -> FlowKey {
         FlowKey {
-            local: self.src,
-            local_port: self.src_port,
-            remote: self.dst,
-            remote_port: self.dst_port,
+            local: seg.src,
+            local_port: seg.src_port,
+            remote: seg.dst,
+            remote_port: seg.dst_port,
         }
     }
 
-    fn received_key(&self) -> FlowKey {
+    fn received(seg: &TcpView) -> FlowKey {
         FlowKey {
-            local: self.dst,
-            local_port: self.dst_port,
-            remote: self.src,
-            remote_port: self.src_port,
+            local: seg.dst,
+            local_port: seg.dst_port,
+            remote: seg.src,
+            remote_port: seg.src_port,
         }
     }
 }
@@ -249,7 +180,7 @@ impl Resender {
         let Some(seg) = TcpView::parse(frame) else {
             return;
         };
-        let key = seg.sent_key();
+        let key = FlowKey::sent(&seg);
         if seg.rst {
             self.forget(&key);
             return;
@@ -310,7 +241,7 @@ impl Resender {
         let Some(seg) = TcpView::parse(frame) else {
             return;
         };
-        let key = seg.received_key();
+        let key = FlowKey::received(&seg);
         let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };

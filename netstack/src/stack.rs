@@ -78,6 +78,8 @@ pub struct StackConfig {
     pub buffers: Buffers,
     /// What the device may hold to resend TCP segments after a switch.
     pub resend: ResendLimits,
+    /// Let TCP peers use SACK (see [`crate::wire::tcp`] for when not to).
+    pub tcp_sack: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,7 @@ impl Stack {
         primary: Option<Box<dyn Link>>,
     ) -> Result<Self, StackError> {
         let mut device = FailoverDevice::new(standby, primary, config.mtu, config.resend);
+        device.set_tcp_sack(config.tcp_sack);
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
         iface_config.random_seed = random_seed();
         let iface = Interface::new(iface_config, &mut device, Instant::now());

@@ -28,6 +28,7 @@ fn config(mac: [u8; 6], cidr: &str, services: Vec<ServiceConfig>) -> StackConfig
         mtu: 1500,
         buffers: Buffers::default(),
         resend: ResendLimits::default(),
+        tcp_sack: true,
     }
 }
 
@@ -522,4 +523,78 @@ fn a_datapath_stuck_in_a_call_is_not_responsive_and_calls_on_it_end() {
     assert!(datapath.responsive(Duration::from_secs(5)));
     assert_eq!(datapath.call(|s| s.addresses().len()).unwrap(), 1);
     datapath.stop().unwrap();
+}
+
+/// With SACK off, a peer's SYN reaches smoltcp without SACK-permitted (and
+/// with a good checksum); with it on, untouched.
+#[test]
+fn sack_off_takes_sack_permitted_out_of_syns() {
+    use smoltcp::phy::{ChecksumCapabilities, Device, RxToken};
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Address,
+        Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+    use vfailover_netstack::failover::FailoverDevice;
+
+    let (src, dst) = (
+        Ipv4Address::new(10, 0, 0, 1),
+        Ipv4Address::new(10, 0, 0, 20),
+    );
+    let tcp = TcpRepr {
+        src_port: 40000,
+        dst_port: 7,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1),
+        ack_number: None,
+        window_len: 1000,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: true,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let caps = ChecksumCapabilities::default();
+    let mut syn = vec![0; 34 + tcp.buffer_len()];
+    EthernetRepr {
+        src_addr: EthernetAddress(PEER_MAC),
+        dst_addr: EthernetAddress(STACK_MAC),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut syn[..]));
+    Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    }
+    .emit(&mut Ipv4Packet::new_unchecked(&mut syn[14..]), &caps);
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(&mut syn[34..]),
+        &src.into(),
+        &dst.into(),
+        &caps,
+    );
+
+    for sack in [false, true] {
+        let (standby, mut wire) = MemoryLink::pair("virtio0", "sw-standby");
+        let mut device =
+            FailoverDevice::new(Some(Box::new(standby)), None, 1500, ResendLimits::default());
+        device.set_tcp_sack(sack);
+        wire.send(syn.len(), &mut |b| b.copy_from_slice(&syn))
+            .unwrap();
+        let (rx, _) = device.receive(Instant::from_millis(0)).expect("the SYN");
+        let seen = rx.consume(|frame| {
+            let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+            TcpRepr::parse(
+                &TcpPacket::new_checked(ip.payload()).unwrap(),
+                &src.into(),
+                &dst.into(),
+                &caps,
+            )
+            .map(|r| (r.sack_permitted, r.max_seg_size))
+        });
+        assert_eq!(seen, Ok((sack, Some(1460))), "sack {sack}");
+    }
 }

@@ -1,7 +1,8 @@
 //! What the TCP resend costs and what it buys, on the bench's stack: TCP
 //! echo throughput with the resender on and off (alternating, same stack,
 //! same run), and the longest TCP stall the peer sees after an unplug, a
-//! migration and a replug, with it on and off.
+//! migration and a replug, with it on and off, and with SACK offered to the
+//! peer or not.
 
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ impl EchoRun {
 #[derive(Debug, Clone)]
 pub struct StallRun {
     pub resend: bool,
+    /// Whether the stack let the peer use SACK.
+    pub sack: bool,
     pub stalls: Vec<(Step, Option<Duration>)>,
     pub byte_exact: bool,
 }
@@ -83,11 +86,15 @@ pub fn measure(lab: &Lab, guest: &GuestStack, bytes: u64, cpus: Cpus) -> Result<
         }
     }
     let mut stalls = Vec::new();
-    for resend in [true, false] {
+    for (resend, sack) in [(true, true), (false, true), (true, false)] {
         set_resend(guest, resend)?;
+        guest
+            .datapath()
+            .call(move |s| s.device_mut().set_tcp_sack(sack))?;
         let report = failover_transfer(lab, guest, bytes)?;
         stalls.push(StallRun {
             resend,
+            sack,
             stalls: report
                 .steps
                 .iter()
@@ -97,6 +104,9 @@ pub fn measure(lab: &Lab, guest: &GuestStack, bytes: u64, cpus: Cpus) -> Result<
         });
     }
     set_resend(guest, true)?;
+    guest
+        .datapath()
+        .call(|s| s.device_mut().set_tcp_sack(true))?;
     Ok(ResendResult { echo, stalls })
 }
 

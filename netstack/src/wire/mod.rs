@@ -2,7 +2,9 @@
 //!
 //! [`check`] rejects malformed frames before they reach smoltcp so they can
 //! be counted; [`announce`] builds the frames that tell an L2 network where a
-//! MAC and its addresses live after a migration.
+//! MAC and its addresses live after a migration; [`tcp`] finds TCP segments
+//! for the resender and takes SACK out of a peer's SYN when asked.
 
 pub mod announce;
 pub mod check;
+pub mod tcp;

@@ -1,6 +1,7 @@
 //! The run's timeline as a small hand-written SVG: time on x, MB/s (RX +
 //! TX, from the daemon's per-path counters) on y, one line per path, a
-//! dashed vertical mark at the unplug, the migration and the replug, and a
+//! dashed vertical mark at the unplug, the migration and the replug, a red
+//! band where the peer's TCP echo stood still for 10 ms or more, and a
 //! legend. No plotting crate: a few lines of SVG are all it takes.
 
 use std::fmt::Write as _;
@@ -19,6 +20,9 @@ const WINDOW: f64 = 0.2;
 const PRIMARY_COLOUR: &str = "#1f77b4";
 const STANDBY_COLOUR: &str = "#ff7f0e";
 const MARK_COLOUR: &str = "#555555";
+const STALL_COLOUR: &str = "#d62728";
+/// TCP stalls this long or longer get a band.
+const SHOWN_STALL: f64 = 0.010;
 
 /// The SVG document for `report`.
 pub fn svg(report: &Report) -> String {
@@ -27,16 +31,28 @@ pub fn svg(report: &Report) -> String {
         .into_iter()
         .filter_map(|m| report.mark_t(m).map(|t| (m.name(), t)))
         .collect();
+    let stalls: Vec<(f64, f64)> = report
+        .stalls
+        .iter()
+        .map(|s| (report.rel(s.from), report.rel(s.to)))
+        .filter(|(from, to)| to - from >= SHOWN_STALL)
+        .collect();
     let title = format!(
         "vfailover lab: {} MiB TCP echo, guest announce {}",
         report.bytes >> 20,
         if report.guest_announce { "on" } else { "off" }
     );
-    draw(&title, &points, &marks)
+    draw(&title, &points, &marks, &stalls)
 }
 
-/// Draw `points` (t, primary MB/s, standby MB/s) with vertical `marks`.
-fn draw(title: &str, points: &[(f64, f64, f64)], marks: &[(&str, f64)]) -> String {
+/// Draw `points` (t, primary MB/s, standby MB/s) with vertical `marks` and
+/// `stalls` (from, to) as bands.
+fn draw(
+    title: &str,
+    points: &[(f64, f64, f64)],
+    marks: &[(&str, f64)],
+    stalls: &[(f64, f64)],
+) -> String {
     let t_max = points
         .iter()
         .map(|p| p.0)
@@ -102,6 +118,16 @@ fn draw(title: &str, points: &[(f64, f64, f64)], marks: &[(&str, f64)]) -> Strin
         TOP + plot_h / 2.0
     );
 
+    // TCP stalls, under the marks and lines; at least a pixel wide.
+    for (from, to) in stalls {
+        let _ = writeln!(
+            out,
+            r#"<rect class="stall" x="{:.1}" y="{TOP}" width="{:.1}" height="{plot_h}" fill="{STALL_COLOUR}" fill-opacity="0.25"/>"#,
+            x(*from),
+            (x(*to) - x(*from)).max(1.0)
+        );
+    }
+
     // The unplug, migrate and replug marks, labelled at the top.
     for (name, t) in marks {
         let _ = writeln!(
@@ -137,15 +163,20 @@ fn draw(title: &str, points: &[(f64, f64, f64)], marks: &[(&str, f64)]) -> Strin
     let (lx, ly) = (WIDTH - RIGHT - 180.0, TOP + 26.0);
     let _ = writeln!(
         out,
-        r##"<g class="legend"><rect x="{lx}" y="{ly}" width="170" height="62" fill="white" stroke="#cccccc"/>"##
+        r##"<g class="legend"><rect x="{lx}" y="{ly}" width="170" height="79" fill="white" stroke="#cccccc"/>"##
     );
-    for (i, (name, colour, dash)) in [
-        ("primary (VF)", PRIMARY_COLOUR, ""),
-        ("standby (virtio)", STANDBY_COLOUR, ""),
+    for (i, (name, colour, style)) in [
+        ("primary (VF)", PRIMARY_COLOUR, r#"stroke-width="2""#),
+        ("standby (virtio)", STANDBY_COLOUR, r#"stroke-width="2""#),
         (
             "unplug/migrate/replug",
             MARK_COLOUR,
-            r#" stroke-dasharray="5 4""#,
+            r#"stroke-width="2" stroke-dasharray="5 4""#,
+        ),
+        (
+            "TCP stall ≥ 10 ms",
+            STALL_COLOUR,
+            r#"stroke-width="8" stroke-opacity="0.25""#,
         ),
     ]
     .into_iter()
@@ -154,7 +185,7 @@ fn draw(title: &str, points: &[(f64, f64, f64)], marks: &[(&str, f64)]) -> Strin
         let row = ly + 16.0 + 17.0 * i as f64;
         let _ = writeln!(
             out,
-            r#"<line x1="{0}" y1="{row}" x2="{1}" y2="{row}" stroke="{colour}" stroke-width="2"{dash}/><text x="{2}" y="{3}">{name}</text>"#,
+            r#"<line x1="{0}" y1="{row}" x2="{1}" y2="{row}" stroke="{colour}" {style}/><text x="{2}" y="{3}">{name}</text>"#,
             lx + 8.0,
             lx + 30.0,
             lx + 36.0,
@@ -194,7 +225,8 @@ mod tests {
             (3.0, 75.0, 1.0),
         ];
         let marks = [("unplug", 1.2), ("migrate", 1.8), ("replug", 2.4)];
-        let text = draw("a <test>", &points, &marks);
+        let stalls = [(1.25, 1.3), (2.0, 2.0005)];
+        let text = draw("a <test>", &points, &marks, &stalls);
         let doc = roxmltree::Document::parse(&text).unwrap();
         let found: Vec<&str> = doc
             .descendants()
@@ -207,6 +239,16 @@ mod tests {
             .filter(|n| n.has_tag_name("polyline"))
             .count();
         assert_eq!(paths, 2);
+        let bands: Vec<f64> = doc
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("stall"))
+            .filter_map(|n| n.attribute("width")?.parse().ok())
+            .collect();
+        assert_eq!(bands.len(), 2);
+        assert!(
+            bands.iter().all(|w| *w >= 1.0),
+            "visible however short: {bands:?}"
+        );
         assert!(text.contains("a &lt;test&gt;"));
     }
 

@@ -139,7 +139,7 @@ impl Report {
         longest_stall(&self.stalls, from, to)
     }
 
-    fn rel(&self, at: Instant) -> f64 {
+    pub(super) fn rel(&self, at: Instant) -> f64 {
         at.saturating_duration_since(self.t0).as_secs_f64()
     }
 

@@ -312,10 +312,13 @@ impl FailoverDevice {
     }
 
     fn resend(&mut self) {
-        // Taken out for the call, as sending needs `self` whole; an empty
-        // resender allocates nothing.
-        let mut resender =
-            std::mem::replace(&mut self.resender, Resender::new(ResendLimits::default()));
+        // Taken out for the call, as sending needs `self` whole. The stand-in
+        // is off: the frames sent again are not to be noted as new.
+        let off = ResendLimits {
+            enabled: false,
+            ..ResendLimits::default()
+        };
+        let mut resender = std::mem::replace(&mut self.resender, Resender::new(off));
         resender.resend(|frame| self.send_raw(frame));
         self.resender = resender;
     }

@@ -3,10 +3,10 @@
 //! One main thread owns the control plane: discovery (rtnetlink + udev),
 //! pairing, migration signals and announce schedules, the control socket
 //! and signals. Each pair has its own datapath thread (netstack's
-//! [`DatapathHandle`]) that it drives with commands; links are opened on
-//! short-lived threads (binding an XSK can wait for the kernel) and handed
-//! back to the main loop, which attaches them only if the device is still
-//! the pair's.
+//! [`DatapathHandle`](vfailover_netstack::datapath::DatapathHandle)) that
+//! it drives with commands; links are opened on short-lived threads
+//! (binding an XSK can wait for the kernel) and handed back to the main
+//! loop, which attaches them only if the device is still the pair's.
 
 mod links;
 mod pair;

@@ -28,8 +28,7 @@ use std::path::{Path, PathBuf};
 
 use raw::RawConfig;
 pub use types::{
-    AnnouncePolicy, AnnounceTiming, Config, ControlConfig, FailbackConfig, PairConfig, PrimaryMode,
-    StandbyMode,
+    AnnouncePolicy, AnnounceTiming, Config, ControlConfig, PairConfig, PrimaryMode, StandbyMode,
 };
 use validate::Validator;
 use values::service_name;

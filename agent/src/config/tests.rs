@@ -4,6 +4,7 @@ use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::stack::{ServiceConfig, ServiceKind};
 
 use super::*;
+use crate::pairing::Failback;
 
 const SAMPLE: &str = r#"
 sysfs_root = "/sys"                 # optional; tests classify from a fake tree
@@ -67,7 +68,7 @@ fn sample_parses() {
     assert_eq!(config.control.socket, Path::new(DEFAULT_SOCKET));
     assert_eq!(config.control.group.as_deref(), Some("vfailover"));
     assert_eq!(config.announce, AnnounceTiming::default());
-    assert_eq!(config.failback, FailbackConfig::default());
+    assert_eq!(config.failback, Failback::default());
     let pair = &config.pairs[0];
     assert_eq!(pair.name, "main");
     assert_eq!(pair.standby.as_deref(), Some("virtio0"));

@@ -9,6 +9,8 @@ use smoltcp::wire::IpCidr;
 use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::stack::ServiceConfig;
 
+use crate::pairing::Failback;
+
 /// The whole configuration, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -16,7 +18,7 @@ pub struct Config {
     pub sysfs_root: PathBuf,
     pub control: ControlConfig,
     pub announce: AnnounceTiming,
-    pub failback: FailbackConfig,
+    pub failback: Failback,
     pub pairs: Vec<PairConfig>,
 }
 
@@ -48,27 +50,6 @@ impl Default for AnnounceTiming {
             max: Duration::from_millis(550),
             rounds: 5,
             step: Duration::from_millis(100),
-        }
-    }
-}
-
-/// When TX may move back to the primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailbackConfig {
-    /// The primary must be up with carrier this long first.
-    pub hold: Duration,
-    /// Flaps within this window double the hold...
-    pub flap_window: Duration,
-    /// ...up to this.
-    pub max_hold: Duration,
-}
-
-impl Default for FailbackConfig {
-    fn default() -> Self {
-        FailbackConfig {
-            hold: Duration::from_millis(200),
-            flap_window: Duration::from_secs(30),
-            max_hold: Duration::from_millis(10_000),
         }
     }
 }

@@ -15,9 +15,10 @@ use vfailover_netstack::stack::ServiceConfig;
 use super::raw::{RawAnnounce, RawConfig, RawControl, RawFailback, RawPair};
 use super::values::{check_ifname, check_pair_name, parse_host_cidr, parse_mac, service_name};
 use super::{
-    line_column, AnnounceTiming, Config, ControlConfig, FailbackConfig, PairConfig, Problem,
-    DEFAULT_GROUP, DEFAULT_SOCKET, MAX_ADDRESSES,
+    line_column, AnnounceTiming, Config, ControlConfig, PairConfig, Problem, DEFAULT_GROUP,
+    DEFAULT_SOCKET, MAX_ADDRESSES,
 };
+use crate::pairing::Failback;
 
 const MAX_TIMING_MS: i64 = 60_000;
 const MAX_HOLD_MS: i64 = 600_000;
@@ -208,8 +209,8 @@ impl Validator<'_> {
         }
     }
 
-    fn failback(&mut self, raw: RawFailback) -> FailbackConfig {
-        let default = FailbackConfig::default();
+    fn failback(&mut self, raw: RawFailback) -> Failback {
+        let default = Failback::default();
         let (hold, _) = self.millis(raw.hold_ms, "failback.hold_ms", MAX_TIMING_MS, default.hold);
         let (max_hold, max_span) = self.millis(
             raw.max_hold_ms,
@@ -235,7 +236,7 @@ impl Validator<'_> {
                 ),
             );
         }
-        FailbackConfig {
+        Failback {
             hold,
             flap_window: Duration::from_secs(window.unsigned_abs()),
             max_hold,

@@ -38,7 +38,7 @@ use crate::status::{RefusedDevice, Status};
 use links::{Opened, Role};
 pub use pair::stack_config;
 use pair::PairRuntime;
-use reload::{hold, pair_specs, plan_reload};
+use reload::{pair_specs, plan_reload};
 use systemd::{tell_reloading, tell_systemd, StatusLine, Watchdog};
 
 /// How long the main loop sleeps at most: it re-checks the wall clock
@@ -86,7 +86,7 @@ impl Daemon {
         let (signals, terminate, reload) = register_signals()?;
         let discovery = Discovery::open(config.sysfs_root.clone())
             .context("starting device discovery (rtnetlink, udev)")?;
-        let pairing = Pairing::new(pair_specs(&config), hold(&config));
+        let pairing = Pairing::new(pair_specs(&config), config.failback);
         let mut pairs = BTreeMap::new();
         for pair in &config.pairs {
             pairs.insert(pair.name.clone(), PairRuntime::start(pair)?);
@@ -467,7 +467,7 @@ impl Daemon {
                 p.standby = None;
                 p.primary = None;
             }
-            self.pairing = Pairing::new(pair_specs(&config), hold(&config));
+            self.pairing = Pairing::new(pair_specs(&config), config.failback);
         }
         self.config = config;
         tracing::info!("configuration reloaded");

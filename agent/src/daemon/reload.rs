@@ -2,7 +2,7 @@
 //! running config and the new one alone.
 
 use crate::config::Config;
-use crate::pairing::{Hold, PairSpec};
+use crate::pairing::PairSpec;
 
 /// The settings only a restart changes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +40,7 @@ pub fn plan_reload(old: &Config, new: &Config) -> Result<ReloadPlan, NeedsRestar
             .filter(|n| !old_names.contains(n))
             .cloned()
             .collect(),
-        restart_pairing: pair_specs(new) != pair_specs(old) || hold(new) != hold(old),
+        restart_pairing: pair_specs(new) != pair_specs(old) || new.failback != old.failback,
     })
 }
 
@@ -54,14 +54,6 @@ pub fn pair_specs(config: &Config) -> Vec<PairSpec> {
             primary_mac: p.primary_mac.map(|m| m.0),
         })
         .collect()
-}
-
-pub fn hold(config: &Config) -> Hold {
-    Hold {
-        settle: config.failback.hold,
-        flap_window: config.failback.flap_window,
-        max_hold: config.failback.max_hold,
-    }
 }
 
 #[cfg(test)]

@@ -27,9 +27,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use raw::RawConfig;
-pub use types::{
-    AnnouncePolicy, AnnounceTiming, Config, ControlConfig, PairConfig, PrimaryMode, StandbyMode,
-};
+pub use types::{AnnounceTiming, Config, ControlConfig, PairConfig, PrimaryMode, StandbyMode};
 use validate::Validator;
 use values::service_name;
 

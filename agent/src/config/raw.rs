@@ -5,7 +5,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use vfailover_netstack::stack::ServiceKind;
 
-use super::{AnnouncePolicy, PrimaryMode, StandbyMode};
+use super::{PrimaryMode, StandbyMode};
+use crate::migration::AnnouncePolicy;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

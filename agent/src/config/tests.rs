@@ -4,6 +4,7 @@ use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::stack::{ServiceConfig, ServiceKind};
 
 use super::*;
+use crate::migration::AnnouncePolicy;
 use crate::pairing::Failback;
 
 const SAMPLE: &str = r#"

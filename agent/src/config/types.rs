@@ -9,6 +9,7 @@ use smoltcp::wire::IpCidr;
 use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::stack::ServiceConfig;
 
+use crate::migration::AnnouncePolicy;
 use crate::pairing::Failback;
 
 /// The whole configuration, validated.
@@ -50,28 +51,6 @@ impl Default for AnnounceTiming {
             max: Duration::from_millis(550),
             rounds: 5,
             step: Duration::from_millis(100),
-        }
-    }
-}
-
-/// When the agent announces the stack's addresses after a migration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AnnouncePolicy {
-    /// Only when the standby lacks `VIRTIO_NET_F_GUEST_ANNOUNCE`.
-    #[default]
-    Auto,
-    Always,
-    Never,
-}
-
-impl AnnouncePolicy {
-    /// The name used in the file, in status and in metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AnnouncePolicy::Auto => "auto",
-            AnnouncePolicy::Always => "always",
-            AnnouncePolicy::Never => "never",
         }
     }
 }

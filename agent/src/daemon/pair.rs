@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use vfailover_netstack::datapath::{CallError, DatapathHandle, DatapathOptions, CALL_TIMEOUT};
-use vfailover_netstack::link::Link;
+use vfailover_netstack::link::{Health, Link, LinkMode};
 use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::resend::ResendLimits;
 use vfailover_netstack::stack::{Buffers, Stack, StackConfig};
@@ -16,7 +16,7 @@ use crate::backoff::Backoff;
 use crate::config::PairConfig;
 use crate::discovery::NetDev;
 use crate::migration::{AnnounceSchedule, MigrationWindow};
-use crate::status::{LinkStatus, MigrationStatus, PairStatus, SwitchStatus};
+use crate::status::{wire_name, LinkStatus, MigrationStatus, PairStatus, SwitchStatus};
 
 /// A primary whose fast path could not be opened is tried again after
 /// this, then twice as late each time up to [`FAST_PATH_RETRY_MAX`].
@@ -106,14 +106,7 @@ impl PairRuntime {
         let snapshot = self.datapath.call_within(within, |s| {
             let d = s.device();
             let link = |l: Option<&dyn Link>| {
-                l.map(|l| {
-                    (
-                        l.ifname().to_owned(),
-                        l.ifindex(),
-                        l.mode().to_string(),
-                        format!("{:?}", l.health()).to_lowercase(),
-                    )
-                })
+                l.map(|l| (l.ifname().to_owned(), l.ifindex(), l.mode(), l.health()))
             };
             (
                 d.path(),
@@ -137,7 +130,7 @@ impl PairRuntime {
                     mac,
                     standby: None,
                     primary: None,
-                    path: "none".into(),
+                    path: wire_name(&DataPath::None),
                     degraded: true,
                     switches: 0,
                     last_switch: None,
@@ -154,13 +147,13 @@ impl PairRuntime {
                 }
             }
         };
-        let link_status = |l: Option<(String, u32, String, String)>, c: &PathCounters| {
+        let link_status = |l: Option<(String, u32, LinkMode, Health)>, c: &PathCounters| {
             l.map(|(ifname, ifindex, mode, health)| LinkStatus {
                 ifname,
                 ifindex,
                 mac: mac.clone(),
-                mode,
-                health,
+                mode: wire_name(&mode),
+                health: wire_name(&health),
                 counters: *c,
             })
         };
@@ -169,14 +162,14 @@ impl PairRuntime {
             mac: mac.clone(),
             standby: link_status(standby, &stats.standby),
             primary: link_status(primary, &stats.primary),
-            path: path.to_string(),
+            path: wire_name(&path),
             degraded: path != DataPath::Primary || self.fast_path_error.is_some(),
             switches: stats.switches,
             last_switch: stats.last_switch.map(|s| SwitchStatus {
                 at_unix: unix_secs(s.at),
-                from: s.from.to_string(),
-                to: s.to.to_string(),
-                cause: s.cause.to_string(),
+                from: wire_name(&s.from),
+                to: wire_name(&s.to),
+                cause: wire_name(&s.cause),
                 first_tx_after_us: s.first_tx_after.map(|d| d.as_micros() as u64),
             }),
             guest_announce: self.standby.as_ref().and_then(|s| s.guest_announce),

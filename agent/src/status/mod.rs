@@ -14,4 +14,5 @@ mod types;
 
 pub use prometheus::render_prometheus;
 pub use text::{render_line, render_table};
+pub(crate) use types::wire_name;
 pub use types::{LinkStatus, MigrationStatus, PairStatus, RefusedDevice, Status, SwitchStatus};

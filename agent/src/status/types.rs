@@ -4,6 +4,15 @@ use serde::{Deserialize, Serialize};
 use vfailover_netstack::resend::ResendCounters;
 use vfailover_netstack::stats::PathCounters;
 
+/// The name a typed enum has in status: its serde name, the same in JSON,
+/// the table and metrics (never a Debug name).
+pub(crate) fn wire_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        other => unreachable!("a unit enum serializes to a string, not {other:?}"),
+    }
+}
+
 /// The whole daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -61,9 +70,10 @@ pub struct LinkStatus {
     pub ifname: String,
     pub ifindex: u32,
     pub mac: String,
-    /// How it is opened: `zero-copy`, `driver`, `generic`, `packet`...
+    /// How it is opened: `xdp-zero-copy`, `xdp-driver`, `xdp-generic` or
+    /// `packet`.
     pub mode: String,
-    /// `up`, `no-carrier`, `down`, `gone`...
+    /// `up`, `down` (down or no carrier) or `gone`.
     pub health: String,
     /// On the wire as fields of the link (`rx_packets`, ...).
     #[serde(flatten)]
@@ -75,8 +85,12 @@ pub struct LinkStatus {
 pub struct SwitchStatus {
     /// Seconds since the Unix epoch.
     pub at_unix: f64,
+    /// Paths, as in [`PairStatus::path`].
     pub from: String,
     pub to: String,
+    /// `primary-attached`, `primary-detached`, `primary-lost`,
+    /// `primary-recovered`, `standby-attached`, `standby-detached` or
+    /// `standby-lost`.
     pub cause: String,
     /// From the event to the first frame sent on the new path.
     pub first_tx_after_us: Option<u64>,
@@ -87,7 +101,9 @@ pub struct SwitchStatus {
 pub struct MigrationStatus {
     /// Seconds since the Unix epoch.
     pub at_unix: f64,
-    /// What gave it away: `notify-peers`, `replug`, `clock-jump`, `manual`...
+    /// What gave it away: `primary-replugged`, `notify-peers`,
+    /// `standby-carrier` or `clock-jump(2.5s)` (a manual announce is not a
+    /// migration).
     pub signal: String,
 }
 
@@ -102,8 +118,42 @@ pub struct RefusedDevice {
 
 #[cfg(test)]
 mod tests {
+    use vfailover_netstack::link::{Health, LinkMode};
+    use vfailover_netstack::stats::{Path, SwitchCause};
+
     use super::*;
     use crate::status::fixtures::sample;
+
+    #[test]
+    fn enum_names_are_what_the_daemon_always_emitted() {
+        // Display (mode, path, cause) and lowercased Debug (health), before.
+        for mode in [
+            LinkMode::XdpZeroCopy,
+            LinkMode::XdpDriver,
+            LinkMode::XdpGeneric,
+            LinkMode::Packet,
+        ] {
+            assert_eq!(wire_name(&mode), mode.to_string());
+        }
+        assert_eq!(wire_name(&LinkMode::XdpDriver), "xdp-driver");
+        for health in [Health::Up, Health::Down, Health::Gone] {
+            assert_eq!(wire_name(&health), format!("{health:?}").to_lowercase());
+        }
+        for path in [Path::Primary, Path::Standby, Path::None] {
+            assert_eq!(wire_name(&path), path.to_string());
+        }
+        for cause in [
+            SwitchCause::PrimaryAttached,
+            SwitchCause::PrimaryDetached,
+            SwitchCause::PrimaryLost,
+            SwitchCause::PrimaryRecovered,
+            SwitchCause::StandbyAttached,
+            SwitchCause::StandbyDetached,
+            SwitchCause::StandbyLost,
+        ] {
+            assert_eq!(wire_name(&cause), cause.to_string());
+        }
+    }
 
     #[test]
     fn json_round_trip() {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use vfailover_netstack::datapath::Command;
 use vfailover_netstack::link::packet::PacketLink;
 use vfailover_netstack::link::xdp::{XdpConfig, XdpLink, XdpModeRequest};
-use vfailover_netstack::link::Link;
+use vfailover_netstack::link::{Link, LinkError};
 
 use super::{log_failed, Daemon};
 use crate::config::{PrimaryMode, StandbyMode};
@@ -28,7 +28,17 @@ pub(super) struct Opened {
     pair: String,
     role: Role,
     ifindex: u32,
-    result: Result<Box<dyn Link>, String>,
+    result: Result<Box<dyn Link>, OpenError>,
+}
+
+/// Why a link could not be opened: the socket family, the device, and the
+/// link's own error.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum OpenError {
+    #[error("AF_XDP on {ifname}: {error}")]
+    Xdp { ifname: String, error: LinkError },
+    #[error("AF_PACKET on {ifname}: {error}")]
+    Packet { ifname: String, error: LinkError },
 }
 
 impl Daemon {
@@ -132,6 +142,7 @@ impl Daemon {
             }
             (Role::Primary, Err(e)) => {
                 let retry = p.fast_path_retry.failed(Instant::now());
+                let e = e.to_string();
                 // Said once per distinct reason, not at every retry.
                 if p.fast_path_error.as_ref() != Some(&e) {
                     tracing::error!(pair = %opened.pair, "cannot take the fast path, staying on the standby: {e}");
@@ -159,7 +170,7 @@ fn open_xdp(
     ifname: &str,
     addresses: &[IpAddr],
     mode: XdpModeRequest,
-) -> Result<Box<dyn Link>, String> {
+) -> Result<Box<dyn Link>, OpenError> {
     let config = XdpConfig {
         ifname: ifname.to_owned(),
         addresses: addresses.to_vec(),
@@ -168,7 +179,10 @@ fn open_xdp(
     };
     XdpLink::open(&config)
         .map(|l| Box::new(l) as Box<dyn Link>)
-        .map_err(|e| format!("AF_XDP on {ifname}: {e}"))
+        .map_err(|error| OpenError::Xdp {
+            ifname: ifname.to_owned(),
+            error,
+        })
 }
 
 /// The standby: AF_XDP when it takes an XDP program (and `auto` or `xdp`),
@@ -177,7 +191,7 @@ fn open_standby(
     ifname: &str,
     addresses: &[IpAddr],
     mode: StandbyMode,
-) -> Result<Box<dyn Link>, String> {
+) -> Result<Box<dyn Link>, OpenError> {
     if mode != StandbyMode::Packet {
         match open_xdp(ifname, addresses, XdpModeRequest::Auto) {
             Ok(link) => return Ok(link),
@@ -187,5 +201,40 @@ fn open_standby(
     }
     PacketLink::open(ifname, addresses)
         .map(|l| Box::new(l) as Box<dyn Link>)
-        .map_err(|e| format!("AF_PACKET on {ifname}: {e}"))
+        .map_err(|error| OpenError::Packet {
+            ifname: ifname.to_owned(),
+            error,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_errors_name_the_socket_and_the_device() {
+        let long = "a-name-far-too-long";
+        let Err(e) = open_standby(long, &[], StandbyMode::Packet) else {
+            panic!("opened {long}");
+        };
+        assert!(
+            matches!(
+                &e,
+                OpenError::Packet {
+                    error: LinkError::InvalidIfName(_),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("AF_PACKET on {long}: {long:?} is not a valid interface name")
+        );
+        let gone = OpenError::Xdp {
+            ifname: "eth2".into(),
+            error: LinkError::Gone("eth2".into()),
+        };
+        assert_eq!(gone.to_string(), "AF_XDP on eth2: device eth2 is gone");
+    }
 }

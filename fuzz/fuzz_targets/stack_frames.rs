@@ -346,7 +346,9 @@ impl Harness {
             2 => device.set_link_health(self.ifindex[PRIMARY], Health::Up),
             3 => device.set_link_health(self.ifindex[STANDBY], Health::Down),
             4 => device.set_link_health(self.ifindex[STANDBY], Health::Up),
-            5 => self.stack.refresh_neighbors(),
+            5 => {
+                self.stack.refresh_neighbors();
+            }
             6 => {
                 self.stack.announce(false);
             }

@@ -13,7 +13,10 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-pub use crate::config::{AnnouncePolicy, AnnounceTiming};
+use serde::Deserialize;
+
+pub use crate::config::AnnounceTiming;
+
 /// A wall-clock step beyond this, against the monotonic clock, means the
 /// VM was paused (or the clock was set): the guest may have moved.
 const CLOCK_JUMP: Duration = Duration::from_secs(2);
@@ -45,7 +48,27 @@ impl std::fmt::Display for Signal {
     }
 }
 
+/// When the agent announces the stack's addresses after a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnnouncePolicy {
+    /// Only when the standby lacks `VIRTIO_NET_F_GUEST_ANNOUNCE`.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
 impl AnnouncePolicy {
+    /// The name used in the file, in status and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnnouncePolicy::Auto => "auto",
+            AnnouncePolicy::Always => "always",
+            AnnouncePolicy::Never => "never",
+        }
+    }
+
     /// Whether to announce on `signal`, given what the standby's features
     /// say about GUEST_ANNOUNCE (`None`: unknown). A manual request is
     /// always honoured: the policy is about what the agent does by itself.

@@ -37,34 +37,35 @@ pub struct PairSpec {
     pub primary_mac: Option<[u8; 6]>,
 }
 
-/// How long a primary must be up with carrier before it is attached.
+/// When TX may move back to a primary (`[failback]` in the config): how
+/// long it must be up with carrier before it is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hold {
+pub struct Failback {
     /// The wait after the primary is ready.
-    pub settle: Duration,
+    pub hold: Duration,
     /// Flaps within this window double the wait, each.
     pub flap_window: Duration,
     /// The longest wait, however much the primary flaps.
     pub max_hold: Duration,
 }
 
-impl Default for Hold {
-    fn default() -> Hold {
-        Hold {
-            settle: Duration::from_millis(200),
+impl Default for Failback {
+    fn default() -> Failback {
+        Failback {
+            hold: Duration::from_millis(200),
             flap_window: Duration::from_secs(30),
             max_hold: Duration::from_secs(10),
         }
     }
 }
 
-impl Hold {
+impl Failback {
     /// The wait after `flaps` recent flaps.
     fn after(&self, flaps: usize) -> Duration {
         let factor = 1u32 << flaps.min(31);
-        self.settle
+        self.hold
             .saturating_mul(factor)
-            .min(self.max_hold.max(self.settle))
+            .min(self.max_hold.max(self.hold))
     }
 }
 
@@ -158,14 +159,14 @@ pub struct PairView {
 /// The pairs and their state.
 #[derive(Debug)]
 pub struct Pairing {
-    hold: Hold,
+    failback: Failback,
     pairs: Vec<Pair>,
 }
 
 impl Pairing {
-    pub fn new(specs: Vec<PairSpec>, hold: Hold) -> Pairing {
+    pub fn new(specs: Vec<PairSpec>, failback: Failback) -> Pairing {
         Pairing {
-            hold,
+            failback,
             pairs: specs.into_iter().map(Pair::new).collect(),
         }
     }
@@ -199,7 +200,7 @@ impl Pairing {
                     .collect(),
                 reserved: &reserved,
             };
-            self.pairs[i].update(devices, now, &self.hold, &others, &mut actions);
+            self.pairs[i].update(devices, now, &self.failback, &others, &mut actions);
         }
         actions
     }
@@ -291,7 +292,7 @@ impl Pair {
         &mut self,
         devices: &BTreeMap<u32, NetDev>,
         now: Instant,
-        hold: &Hold,
+        failback: &Failback,
         others: &Others,
         actions: &mut Vec<Action>,
     ) {
@@ -300,7 +301,7 @@ impl Pair {
         self.check_primary(devices, now, others, actions);
         self.check_returned(devices, others, actions);
         self.see_primary(devices, others, actions);
-        self.settle_primary(devices, now, hold, others, actions);
+        self.settle_primary(devices, now, failback, others, actions);
         self.update_refused(devices, others, actions);
     }
 
@@ -476,7 +477,7 @@ impl Pair {
         &mut self,
         devices: &BTreeMap<u32, NetDev>,
         now: Instant,
-        hold: &Hold,
+        failback: &Failback,
         others: &Others,
         actions: &mut Vec<Action>,
     ) {
@@ -496,8 +497,8 @@ impl Pair {
             // The lowest ifindex registered first: the kernel's choice too.
             let next = devices.values().find(ready).map(Member::of);
             self.flaps
-                .retain(|t| now.duration_since(*t) < hold.flap_window);
-            let wait = hold.after(self.flaps.len());
+                .retain(|t| now.duration_since(*t) < failback.flap_window);
+            let wait = failback.after(self.flaps.len());
             self.pending = next.map(|member| Pending {
                 member,
                 since: now,
@@ -674,7 +675,7 @@ mod tests {
         fn new(specs: Vec<PairSpec>) -> World {
             World {
                 devices: BTreeMap::new(),
-                pairing: Pairing::new(specs, Hold::default()),
+                pairing: Pairing::new(specs, Failback::default()),
                 t0: Instant::now(),
             }
         }
@@ -1130,14 +1131,14 @@ mod tests {
 
     #[test]
     fn hold_is_capped_and_never_below_settle() {
-        let hold = Hold {
-            settle: Duration::from_secs(2),
+        let hold = Failback {
+            hold: Duration::from_secs(2),
             flap_window: Duration::from_secs(30),
             max_hold: Duration::from_secs(1),
         };
         assert_eq!(hold.after(0), Duration::from_secs(2));
         assert_eq!(hold.after(100), Duration::from_secs(2));
-        assert_eq!(Hold::default().after(100), Duration::from_secs(10));
+        assert_eq!(Failback::default().after(100), Duration::from_secs(10));
         assert_eq!(MacAddr(M1).to_string(), "52:54:00:00:00:01");
     }
 
@@ -1162,7 +1163,7 @@ mod tests {
         ];
         for order in orders {
             let mut devices = Devices::new(fake.sysfs());
-            let mut pairing = Pairing::new(vec![auto("p0")], Hold::default());
+            let mut pairing = Pairing::new(vec![auto("p0")], Failback::default());
             let t0 = Instant::now();
             let mut actions = Vec::new();
             for (step, &i) in order.iter().enumerate() {
@@ -1180,7 +1181,7 @@ mod tests {
         // All at once, as the dump at start delivers them.
         let mut devices = Devices::new(fake.sysfs());
         devices.resync(&links, &mut Vec::new());
-        let mut pairing = Pairing::new(vec![auto("p0")], Hold::default());
+        let mut pairing = Pairing::new(vec![auto("p0")], Failback::default());
         let t0 = Instant::now();
         assert_eq!(found(&pairing.update(devices.get(), t0)), [3]);
         let actions = pairing.update(devices.get(), t0 + Duration::from_millis(200));
@@ -1213,7 +1214,7 @@ mod tests {
         let fake = FakeSysfs::create();
         fake.virtio("ens3", 3, "0000:00:03.0", Some(&standby_features(true)));
         let mut devices = Devices::new(fake.sysfs());
-        let mut pairing = Pairing::new(vec![auto("p0")], Hold::default());
+        let mut pairing = Pairing::new(vec![auto("p0")], Failback::default());
         let t0 = Instant::now();
         devices.link_event(LinkEvent::Changed(link(4, "eth1")), &mut Vec::new());
         assert_eq!(devices.get()[&4].class, Class::Other);

@@ -475,7 +475,7 @@ fn packet_link_on_veth() {
         .map(|i| IpAddr::V4(Ipv4Addr::from(0x0a0a_0000 + i)))
         .collect();
     match link.set_addresses(&too_many) {
-        Err(LinkError::Setup(msg)) => println!("refused as expected: {msg}"),
+        Err(e @ LinkError::FilterTooLong { .. }) => println!("refused as expected: {e}"),
         other => panic!("2000 addresses: {other:?}"),
     }
 

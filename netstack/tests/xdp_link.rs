@@ -188,8 +188,10 @@ fn scenario(guest: &str, peer: &str) {
     // replaced: a second open fails and the first keeps its program.
     let before = attached_program(link.ifindex()).expect("query XDP");
     match XdpLink::open(&config()) {
-        Err(LinkError::Setup(msg)) if msg.contains("already has XDP program") => {
-            println!("xdp_link: second open refused: {msg}")
+        Err(e @ LinkError::ForeignProgram { .. })
+            if e.to_string().contains("already has XDP program") =>
+        {
+            println!("xdp_link: second open refused: {e}")
         }
         other => panic!("second open on a device with a program: {other:?}"),
     }

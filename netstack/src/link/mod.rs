@@ -73,8 +73,58 @@ pub enum LinkError {
         #[source]
         source: io::Error,
     },
+    /// Another XDP program is attached; vfailover never replaces one.
+    #[error(
+        "{ifname} already has XDP program id {id} attached ({mode} mode); vfailover does \
+         not replace another program: stop its owner or detach it first"
+    )]
+    ForeignProgram {
+        ifname: String,
+        id: u32,
+        mode: &'static str,
+    },
+    /// Attaching was refused as busy, and no program could be named.
+    #[error(
+        "cannot attach XDP program to {ifname}: {error} (another program, or one on an \
+         upper device such as a failover master?)"
+    )]
+    AttachRefused { ifname: String, error: io::Error },
+    /// A queue's AF_XDP socket stayed busy for the whole bind timeout.
+    #[error(
+        "{what}: {error} (still busy after {waited:?}: an earlier AF_XDP socket holds the queue)"
+    )]
+    QueueBusy {
+        what: String,
+        error: io::Error,
+        waited: std::time::Duration,
+    },
+    /// Every XDP mode tried failed; one reason per mode.
+    #[error("no usable XDP mode on {ifname}: {}", failures.join("; "))]
+    NoXdpMode {
+        ifname: String,
+        failures: Vec<String>,
+    },
+    /// libbpf could not open, load or update the XDP filter.
+    #[error("{what}: {error}")]
+    Filter { what: String, error: String },
+    /// The built-in XDP filter object lacks a map (a build problem).
+    #[error("XDP filter object has no map {0}")]
+    MissingMap(String),
+    /// More addresses of one family than the XDP filter's map holds.
+    #[error("{count} IPv{family} addresses requested, the XDP filter holds {max}")]
+    TooManyAddresses { count: usize, family: u8, max: u32 },
+    /// More addresses than a socket filter can check.
+    #[error(
+        "{addresses} addresses need a socket filter of {insns} instructions; the kernel \
+         takes at most {max}"
+    )]
+    FilterTooLong {
+        addresses: usize,
+        insns: usize,
+        max: usize,
+    },
     #[error("{0}")]
-    Setup(String),
+    InvalidIfName(io::Error),
 }
 
 impl LinkError {
@@ -136,4 +186,70 @@ pub trait Link: Send {
     fn health(&self) -> Health;
     /// Record what the owner learned from rtnetlink (RTM_DELLINK, carrier).
     fn set_health(&mut self, health: Health);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The texts the `Setup(String)` these variants replaced carried.
+    #[test]
+    fn setup_errors_read_as_before() {
+        let busy = || io::Error::from_raw_os_error(libc::EBUSY);
+        let cases = [
+            (
+                LinkError::ForeignProgram {
+                    ifname: "eth2".into(),
+                    id: 7,
+                    mode: "driver",
+                },
+                "eth2 already has XDP program id 7 attached (driver mode); vfailover does not \
+                 replace another program: stop its owner or detach it first",
+            ),
+            (
+                LinkError::AttachRefused {
+                    ifname: "eth2".into(),
+                    error: busy(),
+                },
+                "cannot attach XDP program to eth2: Device or resource busy (os error 16) \
+                 (another program, or one on an upper device such as a failover master?)",
+            ),
+            (
+                LinkError::QueueBusy {
+                    what: "bind queue 0".into(),
+                    error: busy(),
+                    waited: std::time::Duration::from_secs(2),
+                },
+                "bind queue 0: Device or resource busy (os error 16) (still busy after 2s: an \
+                 earlier AF_XDP socket holds the queue)",
+            ),
+            (
+                LinkError::NoXdpMode {
+                    ifname: "eth2".into(),
+                    failures: vec!["a".into(), "b".into()],
+                },
+                "no usable XDP mode on eth2: a; b",
+            ),
+            (
+                LinkError::TooManyAddresses {
+                    count: 65,
+                    family: 6,
+                    max: 64,
+                },
+                "65 IPv6 addresses requested, the XDP filter holds 64",
+            ),
+            (
+                LinkError::FilterTooLong {
+                    addresses: 2000,
+                    insns: 5000,
+                    max: 4096,
+                },
+                "2000 addresses need a socket filter of 5000 instructions; the kernel takes at \
+                 most 4096",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
+    }
 }

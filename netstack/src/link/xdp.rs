@@ -132,16 +132,17 @@ fn attach_mode(mode: LinkMode) -> AttachMode {
     }
 }
 
-fn already_attached(ifname: &str, id: u32, mode: &str) -> LinkError {
-    LinkError::Setup(format!(
-        "{ifname} already has XDP program id {id} attached ({mode} mode); vfailover does \
-         not replace another program: stop its owner or detach it first"
-    ))
+fn already_attached(ifname: &str, id: u32, mode: &'static str) -> LinkError {
+    LinkError::ForeignProgram {
+        ifname: ifname.to_owned(),
+        id,
+        mode,
+    }
 }
 
 impl XdpLink {
     /// Attach the filter to `cfg.ifname` and bind its queues, best mode
-    /// first. Fails with [`LinkError::Setup`] if another XDP program is
+    /// first. Fails with [`LinkError::ForeignProgram`] if another XDP program is
     /// attached, and with `Gone` if the device does not exist.
     pub fn open(cfg: &XdpConfig) -> Result<XdpLink, LinkError> {
         let ifname = cfg.ifname.as_str();
@@ -169,10 +170,10 @@ impl XdpLink {
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)) => {
                         return Err(match attached_program(ifindex) {
                             Ok(Some((id, m))) => already_attached(ifname, id, m),
-                            _ => LinkError::Setup(format!(
-                                "cannot attach XDP program to {ifname}: {e} (another program, \
-                                 or one on an upper device such as a failover master?)"
-                            )),
+                            _ => LinkError::AttachRefused {
+                                ifname: ifname.to_owned(),
+                                error: e,
+                            },
                         });
                     }
                     Err(e) => {
@@ -198,10 +199,11 @@ impl XdpLink {
             match bind_retrying(ifname, queues, &xsk_cfg, deadline) {
                 Ok(xsks) => return XdpLink::finish(ifname, ifindex, mode, filter, current, xsks),
                 Err(e) if e.is_busy() => {
-                    return Err(LinkError::Setup(format!(
-                        "{}: {} (still busy after {:?}: an earlier AF_XDP socket holds the queue)",
-                        e.what, e.source, cfg.bind_timeout
-                    )));
+                    return Err(LinkError::QueueBusy {
+                        what: e.what,
+                        error: e.source,
+                        waited: cfg.bind_timeout,
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(ifname, %mode, error = %e.source, "{}", e.what);
@@ -210,10 +212,10 @@ impl XdpLink {
                 }
             }
         }
-        Err(LinkError::Setup(format!(
-            "no usable XDP mode on {ifname}: {}",
-            failures.join("; ")
-        )))
+        Err(LinkError::NoXdpMode {
+            ifname: ifname.to_owned(),
+            failures,
+        })
     }
 
     fn finish(

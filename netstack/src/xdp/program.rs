@@ -80,7 +80,10 @@ impl Attachment {
 }
 
 fn setup(what: &str, err: impl fmt::Display) -> LinkError {
-    LinkError::Setup(format!("{what}: {err}"))
+    LinkError::Filter {
+        what: what.to_owned(),
+        error: err.to_string(),
+    }
 }
 
 impl Filter {
@@ -125,7 +128,7 @@ impl Filter {
         self.object
             .maps()
             .find(|m| m.name() == name)
-            .ok_or_else(|| LinkError::Setup(format!("XDP filter object has no map {name}")))
+            .ok_or_else(|| LinkError::MissingMap(name.to_owned()))
     }
 
     /// Point the XSKMAP entry of `queue` at the AF_XDP socket `fd`.
@@ -141,10 +144,11 @@ impl Filter {
         for family_v4 in [true, false] {
             let count = wanted.iter().filter(|a| a.is_ipv4() == family_v4).count();
             if count > MAX_ADDRESSES as usize {
-                return Err(LinkError::Setup(format!(
-                    "{count} IPv{} addresses requested, the XDP filter holds {MAX_ADDRESSES}",
-                    if family_v4 { 4 } else { 6 }
-                )));
+                return Err(LinkError::TooManyAddresses {
+                    count,
+                    family: if family_v4 { 4 } else { 6 },
+                    max: MAX_ADDRESSES,
+                });
             }
         }
         let gone: Vec<IpAddr> = self.addresses.difference(&wanted).copied().collect();

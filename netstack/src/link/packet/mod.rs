@@ -75,7 +75,7 @@ impl PacketLink {
     /// drop-all filter, is drained, and only then gets the real filter.
     pub fn open(ifname: &str, addresses: &[IpAddr]) -> Result<PacketLink, LinkError> {
         let program = checked_program(addresses)?;
-        let name = IfName::new(ifname).map_err(|e| LinkError::Setup(e.to_string()))?;
+        let name = IfName::new(ifname).map_err(LinkError::InvalidIfName)?;
         let io_err = |what| move |e| LinkError::from_io(ifname, what, e);
 
         // Protocol 0: the socket takes no frames at all until `bind`.
@@ -282,11 +282,11 @@ impl Link for PacketLink {
 fn checked_program(addrs: &[IpAddr]) -> Result<Vec<sock_filter>, LinkError> {
     let program = filter_program(addrs);
     if program.len() > MAX_INSNS {
-        return Err(LinkError::Setup(format!(
-            "{} addresses need a socket filter of {} instructions; the kernel takes at most {MAX_INSNS}",
-            addrs.len(),
-            program.len()
-        )));
+        return Err(LinkError::FilterTooLong {
+            addresses: addrs.len(),
+            insns: program.len(),
+            max: MAX_INSNS,
+        });
     }
     Ok(program)
 }
@@ -364,7 +364,9 @@ mod tests {
     fn bad_interface_names_are_setup_errors() {
         for name in ["", "a-name-far-too-long", "nul\0inside"] {
             match PacketLink::open(name, &[]) {
-                Err(LinkError::Setup(msg)) => assert!(msg.contains("interface name"), "{msg}"),
+                Err(e @ LinkError::InvalidIfName(_)) => {
+                    assert!(e.to_string().contains("interface name"), "{e}")
+                }
                 other => panic!("{name:?}: {:?}", other.map(|l| l.ifname().to_owned())),
             }
         }
@@ -418,7 +420,9 @@ mod tests {
     fn too_many_addresses_are_a_setup_error() {
         let addrs: Vec<IpAddr> = (0..2000u32).map(|i| Ipv4Addr::from(i).into()).collect();
         match PacketLink::open("eth0", &addrs) {
-            Err(LinkError::Setup(msg)) => assert!(msg.contains("2000 addresses"), "{msg}"),
+            Err(e @ LinkError::FilterTooLong { .. }) => {
+                assert!(e.to_string().contains("2000 addresses"), "{e}")
+            }
             other => panic!("{:?}", other.map(|l| l.ifname().to_owned())),
         }
     }

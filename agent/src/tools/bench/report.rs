@@ -140,7 +140,7 @@ fn write_all(out: &mut String, r: &Results) -> std::fmt::Result {
          or `bench/run.sh`), which builds the namespace lab and measures the userspace stack \
          and the guest kernel on the same veths with the same client, one after the other, in \
          one run. Run started at Unix time {started} and took {:.0} s. How each figure is \
-         measured: [`agent/src/bench/`](../agent/src/bench/mod.rs).\n",
+         measured: [`agent/src/tools/bench/`](../agent/src/tools/bench/mod.rs).\n",
         r.took.as_secs_f64()
     )?;
 

@@ -108,11 +108,23 @@ impl Daemon {
             // The device left the pair while its link was being opened.
             return;
         }
+        // A held primary whose hold ended while it was being opened.
+        let attached = p.primary.as_ref().map(|d| d.ifindex) == Some(opened.ifindex);
         match (opened.role, opened.result) {
             (Role::Primary, Ok(link)) => {
                 tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "fast path up");
                 p.fast_path_error = None;
                 p.fast_path_retry.reset();
+                log_failed(
+                    &opened.pair,
+                    "attaching the primary",
+                    p.datapath.send(Command::AttachPrimary(link)),
+                );
+            }
+            (Role::HeldPrimary, Ok(link)) if attached => {
+                tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "fast path up (its hold ended while it was opened)");
+                p.seen = None;
+                p.fast_path_error = None;
                 log_failed(
                     &opened.pair,
                     "attaching the primary",
@@ -128,9 +140,18 @@ impl Daemon {
                     p.datapath.send(Command::AttachHeldPrimary(link)),
                 );
             }
+            (Role::HeldPrimary, Err(e)) if attached => {
+                // Open it the ordinary way, which reports and retries.
+                tracing::debug!(pair = %opened.pair, "cannot receive on the primary during its hold: {e}");
+                p.seen = None;
+                if let Some(dev) = p.primary.clone() {
+                    self.open_link(&opened.pair, Role::Primary, dev);
+                }
+            }
             (Role::HeldPrimary, Err(e)) => {
                 // The attach after the hold opens it again and reports.
                 tracing::debug!(pair = %opened.pair, "cannot receive on the primary during its hold yet: {e}");
+                p.seen = None;
             }
             (Role::Standby, Ok(link)) => {
                 tracing::info!(pair = %opened.pair, ifname = link.ifname(), mode = %link.mode(), "standby up");

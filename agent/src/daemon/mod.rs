@@ -261,19 +261,24 @@ impl Daemon {
                     return;
                 };
                 p.primary = Some(dev.clone());
-                p.seen = None;
                 p.fast_path_retry.reset();
                 self.refused.remove(&dev.ifindex);
+                let opening = p.seen.as_ref().map(|d| d.ifindex) == Some(dev.ifindex);
                 if p.held.take() == Some(dev.ifindex) {
                     // Already receiving on it since it came up: TX follows.
+                    p.seen = None;
                     log_failed(
                         &pair,
                         "releasing the primary for TX",
                         p.datapath.send(Command::ReleasePrimary),
                     );
-                } else {
+                } else if !opening {
+                    p.seen = None;
                     self.open_link(&pair, Role::Primary, dev);
                 }
+                // Else its link is still being opened to receive (a short
+                // hold): it carries TX as soon as it is there. A second
+                // socket on the same queue would only wait for the first.
             }
             Action::PrimarySeen { pair, dev } => {
                 let Some(p) = self.pairs.get_mut(&pair) else {

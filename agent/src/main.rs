@@ -81,6 +81,10 @@ enum Command {
         /// `on` the agent leaves announcing to the device.
         #[arg(long, value_enum, default_value_t = OnOff::Off)]
         guest_announce: OnOff,
+        /// Let the peer use TCP SACK (`tcp_sack`); with `off` the peer
+        /// retransmits what it lost in a switch on the repeated ACKs.
+        #[arg(long, value_enum, default_value_t = OnOff::On)]
+        tcp_sack: OnOff,
         /// Draw the timeline (MB/s per path, unplug/migrate/replug) as SVG.
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
@@ -171,11 +175,13 @@ fn run(cli: Cli) -> Result<()> {
             bytes,
             standby,
             guest_announce,
+            tcp_sack,
             plot,
         } => vfailover::lab_run::run(&vfailover::lab_run::Options {
             bytes,
             standby_packet: matches!(standby, Standby::Packet),
             guest_announce: guest_announce == OnOff::On,
+            tcp_sack: tcp_sack == OnOff::On,
             plot,
         }),
         Command::Bench(args) => vfailover::bench::main(args),

@@ -60,6 +60,10 @@ pub(super) struct RawPair {
     pub(super) announce: AnnouncePolicy,
     #[serde(default)]
     pub(super) announce_rarp: bool,
+    #[serde(default = "enabled")]
+    pub(super) tcp_resend: bool,
+    #[serde(default = "enabled")]
+    pub(super) tcp_sack: bool,
     #[serde(default)]
     pub(super) primary_mode: PrimaryMode,
     #[serde(default)]
@@ -67,6 +71,11 @@ pub(super) struct RawPair {
     pub(super) mtu: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) services: Vec<RawService>,
+}
+
+/// The default of switches that are on unless turned off.
+fn enabled() -> bool {
+    true
 }
 
 #[derive(Deserialize)]

@@ -104,6 +104,15 @@ fn sample_parses() {
 }
 
 #[test]
+fn tcp_switches_default_on_and_turn_off() {
+    let text = "[[pair]]\naddresses = [\"10.0.0.2/24\"]\ntcp_resend = false\ntcp_sack = false\n";
+    let pair = &Config::parse(text, "t").unwrap().pairs[0];
+    assert!(!pair.tcp_resend && !pair.tcp_sack);
+    let e = Config::parse(&text.replace("tcp_sack = false", "tcp_sack = \"no\""), "t").unwrap_err();
+    assert!(e.to_string().contains("tcp_sack"), "{e}");
+}
+
+#[test]
 fn minimal_config_gets_defaults_and_names() {
     let text = r#"
 [[pair]]
@@ -126,6 +135,7 @@ group = ""
     assert_eq!(names, ["pair0", "pair1", "ens4"]);
     assert_eq!(config.pairs[0].standby, None);
     assert_eq!(config.pairs[0].mtu, 1500);
+    assert!(config.pairs[0].tcp_resend && config.pairs[0].tcp_sack);
     assert_eq!(config.pairs[2].primary_mode, PrimaryMode::ZeroCopy);
     assert_eq!(config.pairs[2].standby_mode, StandbyMode::Packet);
     assert_eq!(config.pairs[2].announce, AnnouncePolicy::Never);

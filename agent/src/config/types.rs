@@ -92,6 +92,11 @@ pub struct PairConfig {
     pub announce: AnnouncePolicy,
     /// Also send a RARP for the MAC (what QEMU itself sends).
     pub announce_rarp: bool,
+    /// Keep unacknowledged TCP segments and send them again after a switch
+    /// or a migration signal.
+    pub tcp_resend: bool,
+    /// Let TCP peers use SACK.
+    pub tcp_sack: bool,
     pub primary_mode: PrimaryMode,
     pub standby_mode: StandbyMode,
     /// IP MTU of the links.

@@ -390,6 +390,8 @@ impl Validator<'_> {
             gateway6,
             announce: raw.announce,
             announce_rarp: raw.announce_rarp,
+            tcp_resend: raw.tcp_resend,
+            tcp_sack: raw.tcp_sack,
             primary_mode: raw.primary_mode,
             standby_mode: raw.standby_mode,
             mtu: usize::try_from(mtu).unwrap_or(1500),

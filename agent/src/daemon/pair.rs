@@ -76,14 +76,21 @@ impl PairRuntime {
         })
     }
 
-    /// Apply a reloaded config: addresses, gateways and services change in
-    /// place, so connections on addresses that stay survive.
+    /// Apply a reloaded config: addresses, gateways, services and the TCP
+    /// settings change in place, so connections on addresses that stay
+    /// survive (`tcp_sack` applies to new connections).
     pub(super) fn reconfigure(&mut self, config: &PairConfig) -> Result<()> {
         let new = stack_config(config, self.mac.unwrap_or([0; 6]));
         let old_services: Vec<_> = self.config.services.clone();
+        // A new resender would forget what the current one holds.
+        let resend = (config.tcp_resend != self.config.tcp_resend).then_some(new.resend);
         let result = self.datapath.call(move |s| -> Result<(), String> {
             s.set_addresses(&new.addresses, new.gateway_v4, new.gateway_v6)
                 .map_err(|e| e.to_string())?;
+            if let Some(limits) = resend {
+                s.device_mut().set_resend_limits(limits);
+            }
+            s.device_mut().set_tcp_sack(new.tcp_sack);
             for service in old_services.iter().filter(|o| !new.services.contains(o)) {
                 s.remove_service(*service);
             }
@@ -204,8 +211,15 @@ pub fn stack_config(config: &PairConfig, mac: [u8; 6]) -> StackConfig {
         services: config.services.clone(),
         mtu: config.mtu,
         buffers: Buffers::default(),
-        resend: ResendLimits::default(),
-        tcp_sack: true,
+        resend: resend_limits(config),
+        tcp_sack: config.tcp_sack,
+    }
+}
+
+fn resend_limits(config: &PairConfig) -> ResendLimits {
+    ResendLimits {
+        enabled: config.tcp_resend,
+        ..ResendLimits::default()
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Options {
     /// Whether the standby claims VIRTIO_NET_F_GUEST_ANNOUNCE (then the
     /// agent, `announce = "auto"`, leaves announcing to the device).
     pub guest_announce: bool,
+    /// Whether the stack lets the peer use SACK (`tcp_sack`).
+    pub tcp_sack: bool,
     /// Where to draw the timeline (SVG), if anywhere.
     pub plot: Option<PathBuf>,
 }
@@ -89,6 +91,9 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut pair = default_pair();
     if opts.standby_packet {
         pair.push_str("standby_mode = \"packet\"\n");
+    }
+    if !opts.tcp_sack {
+        pair.push_str("tcp_sack = false\n");
     }
     let bin = std::env::current_exe().context("finding our own executable")?;
     let mut agent = Agent::start(&lab, &bin, opts.guest_announce, &pair)?;

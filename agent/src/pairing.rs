@@ -34,7 +34,7 @@ pub struct PairSpec {
     /// and its primary any non-master netdev with the pair's MAC.
     pub standby: Option<String>,
     /// The pair's MAC; by default the standby's [`NetDev::key_mac`].
-    pub primary_mac: Option<[u8; 6]>,
+    pub primary_mac: Option<MacAddr>,
 }
 
 /// When TX may move back to a primary (`[failback]` in the config): how
@@ -148,7 +148,7 @@ impl Member {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairView {
     pub name: String,
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<MacAddr>,
     pub standby: Option<Member>,
     pub primary: Option<Member>,
     /// A primary waiting out its hold, and when it will be attached.
@@ -221,7 +221,7 @@ impl Pairing {
 /// What the other pairs hold, as one pair updates.
 struct Others<'a> {
     claimed: BTreeSet<u32>,
-    macs: BTreeSet<[u8; 6]>,
+    macs: BTreeSet<MacAddr>,
     reserved: &'a BTreeSet<String>,
 }
 
@@ -244,7 +244,7 @@ struct Pair {
     spec: PairSpec,
     /// Known once a standby was found (or configured); kept while it is
     /// away, so that only a standby with the same MAC takes its place.
-    mac: Option<[u8; 6]>,
+    mac: Option<MacAddr>,
     standby: Option<Member>,
     /// The standby's [`NetDev::carrier_losses`] last acted on.
     standby_losses: u32,
@@ -540,20 +540,14 @@ impl Pair {
                 let reason =
                     if let (Some(primary), true) = (&self.primary, self.eligible(dev, others)) {
                         format!(
-                            "second primary with MAC {} for pair {}: {} is attached",
-                            MacAddr(mac),
-                            self.spec.name,
-                            primary.ifname
+                            "second primary with MAC {mac} for pair {}: {} is attached",
+                            self.spec.name, primary.ifname
                         )
                     } else if dev.class == Class::Standby
                         && dev.key_mac() == mac
                         && self.standby.is_some()
                     {
-                        format!(
-                            "second standby with MAC {} for pair {}",
-                            MacAddr(mac),
-                            self.spec.name
-                        )
+                        format!("second standby with MAC {mac} for pair {}", self.spec.name)
                     } else {
                         continue;
                     };
@@ -597,10 +591,10 @@ mod tests {
     use crate::discovery::{Devices, VIRTIO_NET};
     use vfailover_netstack::monitor::{LinkEvent, LinkState};
 
-    const M1: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
-    const M2: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
+    const M1: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+    const M2: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 2]);
 
-    fn netdev(ifindex: u32, name: &str, mac: [u8; 6], class: Class) -> NetDev {
+    fn netdev(ifindex: u32, name: &str, mac: MacAddr, class: Class) -> NetDev {
         NetDev {
             perm_mac: Some(mac),
             up: true,
@@ -610,7 +604,7 @@ mod tests {
         }
     }
 
-    fn standby(ifindex: u32, name: &str, mac: [u8; 6]) -> NetDev {
+    fn standby(ifindex: u32, name: &str, mac: MacAddr) -> NetDev {
         NetDev {
             driver: Some(VIRTIO_NET.into()),
             standby_bit: true,
@@ -619,7 +613,7 @@ mod tests {
         }
     }
 
-    fn vf(ifindex: u32, name: &str, mac: [u8; 6]) -> NetDev {
+    fn vf(ifindex: u32, name: &str, mac: MacAddr) -> NetDev {
         NetDev {
             driver: Some("ixgbevf".into()),
             on_pci: true,
@@ -627,14 +621,14 @@ mod tests {
         }
     }
 
-    fn veth(ifindex: u32, name: &str, mac: [u8; 6]) -> NetDev {
+    fn veth(ifindex: u32, name: &str, mac: MacAddr) -> NetDev {
         NetDev {
             perm_mac: None,
             ..netdev(ifindex, name, mac, Class::Other)
         }
     }
 
-    fn master(ifindex: u32, name: &str, mac: [u8; 6], lowers: &[&str]) -> NetDev {
+    fn master(ifindex: u32, name: &str, mac: MacAddr, lowers: &[&str]) -> NetDev {
         NetDev {
             driver: Some(VIRTIO_NET.into()),
             standby_bit: true,
@@ -1139,7 +1133,7 @@ mod tests {
         assert_eq!(hold.after(0), Duration::from_secs(2));
         assert_eq!(hold.after(100), Duration::from_secs(2));
         assert_eq!(Failback::default().after(100), Duration::from_secs(10));
-        assert_eq!(MacAddr(M1).to_string(), "52:54:00:00:00:01");
+        assert_eq!(M1.to_string(), "52:54:00:00:00:01");
     }
 
     /// net_failover's three netdevs classified from a fake sysfs tree, the

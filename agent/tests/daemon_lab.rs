@@ -137,7 +137,7 @@ fn announces_after_migration_on_qemus_schedule_when_the_device_does_not() {
     let agent = start(&lab, false, &default_pair());
     let seen = silent_migration(&lab, &agent);
     let frames = &seen.frames;
-    let mac = lab.mac().0;
+    let mac = lab.mac();
     // One announce at each stage of the migration: the standby's carrier
     // back on the destination host, then the primary's return.
     for (stage, before_replug) in [("migrate", true), ("replug", false)] {
@@ -198,7 +198,7 @@ fn no_announce_when_the_device_announces_and_policy_is_auto() {
     let agent = start(&lab, true, &default_pair());
     assert_eq!(agent.pair().unwrap().guest_announce, Some(true));
     let seen = silent_migration(&lab, &agent);
-    let mac = lab.mac().0;
+    let mac = lab.mac();
     let ours: Vec<_> = seen
         .frames
         .iter()

@@ -14,6 +14,7 @@ use vfailover::config::{Config, MAX_ADDRESSES};
 use vfailover::daemon::stack_config;
 use vfailover::migration::AnnounceSchedule;
 use vfailover_netstack::link::memory::MemoryLink;
+use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::stack::Stack;
 
 fuzz_target!(|data: &[u8]| {
@@ -41,7 +42,7 @@ fn check(config: &Config) {
             assert_ne!(other.name, pair.name);
         }
         let (standby, _) = MemoryLink::pair("standby", "peer");
-        let mac = pair.primary_mac.map_or([2, 0, 0, 0, 0, 1], |m| m.0);
+        let mac = pair.primary_mac.unwrap_or(MacAddr([2, 0, 0, 0, 0, 1]));
         if let Err(e) = Stack::new(&stack_config(pair, mac), Some(Box::new(standby)), None) {
             panic!(
                 "config accepted pair {} but the stack refuses it: {e}",

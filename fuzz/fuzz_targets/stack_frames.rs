@@ -36,6 +36,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpCidr, Ipv4Address, Ipv6Address};
 use vfailover_netstack::link::memory::MemoryLink;
 use vfailover_netstack::link::{Health, Link};
+use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::resend::ResendLimits;
 use vfailover_netstack::stack::{Buffers, ServiceConfig, ServiceKind, Stack, StackConfig};
 use vfailover_netstack::wire::check::check_frame;
@@ -122,7 +123,7 @@ impl Harness {
             Buffers::default()
         };
         let config = StackConfig {
-            mac: STACK_MAC,
+            mac: MacAddr(STACK_MAC),
             addresses: vec![
                 IpCidr::new(Ipv4Address::from(STACK_V4).into(), 24),
                 IpCidr::new(Ipv6Address::from(STACK_V6).into(), 64),

@@ -12,11 +12,12 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use smoltcp::socket::tcp;
-use smoltcp::wire::{EthernetAddress, IpCidr};
+use smoltcp::wire::IpCidr;
 use vfailover_netstack::datapath::{DatapathHandle, DatapathOptions};
 use vfailover_netstack::link::packet::PacketLink;
 use vfailover_netstack::link::xdp::{XdpConfig, XdpLink};
 use vfailover_netstack::link::Link;
+use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::resend::ResendLimits;
 use vfailover_netstack::stack::{Buffers, Stack, StackConfig};
 
@@ -27,11 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [standby, mac, cidr, rest @ ..] = args.as_slice() else {
         return Err("usage: embed STANDBY MAC CIDR [PRIMARY]".into());
     };
-    let mac = EthernetAddress::from_bytes(
-        &mac.split(':')
-            .map(|b| u8::from_str_radix(b, 16))
-            .collect::<Result<Vec<u8>, _>>()?,
-    );
+    let mac: MacAddr = mac.parse()?;
     let cidr: IpCidr = cidr.parse().map_err(|_| "bad CIDR")?;
     let addresses = [IpAddr::from(cidr.address())];
 
@@ -45,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let config = StackConfig {
-        mac: mac.0,
+        mac,
         addresses: vec![cidr],
         gateway_v4: None,
         gateway_v6: None,

@@ -28,6 +28,15 @@ impl From<[u8; 6]> for MacAddr {
     }
 }
 
+/// Six bytes off the wire (a netlink attribute, a frame's header).
+impl TryFrom<&[u8]> for MacAddr {
+    type Error = std::array::TryFromSliceError;
+
+    fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
+        bytes.try_into().map(MacAddr)
+    }
+}
+
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let [a, b, c, d, e, g] = self.0;

@@ -20,6 +20,8 @@ use netlink_packet_route::link::{LinkAttribute, LinkEvent as KernelEvent, LinkFl
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
+use crate::mac::MacAddr;
+
 /// `RTMGRP_LINK`: the multicast group of link notifications.
 const RTMGRP_LINK: u32 = 1;
 /// Large enough that a burst of hotplug events does not overrun the socket.
@@ -48,10 +50,10 @@ pub enum LinkEvent {
 pub struct LinkState {
     pub ifindex: u32,
     pub ifname: Option<String>,
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<MacAddr>,
     /// `IFLA_PERM_ADDRESS`: the burnt-in MAC, which the kernel's failover
     /// pairing compares. `None` when the device has none (a veth).
-    pub perm_mac: Option<[u8; 6]>,
+    pub perm_mac: Option<MacAddr>,
     /// Administratively up (`IFF_UP`).
     pub up: bool,
     /// Has carrier and is running: `IFF_LOWER_UP` and `IFF_RUNNING`. The
@@ -241,14 +243,12 @@ fn link_state(message: &LinkMessage) -> LinkState {
     for attribute in &message.attributes {
         match attribute {
             LinkAttribute::IfName(name) => state.ifname = Some(name.clone()),
-            LinkAttribute::Address(mac) => state.mac = mac.as_slice().try_into().ok(),
+            LinkAttribute::Address(mac) => state.mac = MacAddr::try_from(&mac[..]).ok(),
             // The kernel omits an all-zero permanent address; be as strict.
             LinkAttribute::PermAddress(mac) => {
-                state.perm_mac = mac
-                    .as_slice()
-                    .try_into()
+                state.perm_mac = MacAddr::try_from(&mac[..])
                     .ok()
-                    .filter(|mac: &[u8; 6]| mac != &[0; 6]);
+                    .filter(|mac| !mac.is_zero());
             }
             LinkAttribute::Event(KernelEvent::NotifyPeers) => state.notify_peers = true,
             _ => {}
@@ -295,8 +295,8 @@ mod tests {
         };
         assert_eq!(state.ifindex, 7);
         assert_eq!(state.ifname.as_deref(), Some("ens4"));
-        assert_eq!(state.mac, Some([2, 0, 0, 0, 0, 1]));
-        assert_eq!(state.perm_mac, Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!(state.mac, Some(MacAddr([2, 0, 0, 0, 0, 1])));
+        assert_eq!(state.perm_mac, Some(MacAddr([2, 0, 0, 0, 0, 2])));
         assert!(state.up && state.carrier && !state.notify_peers);
     }
 

@@ -24,6 +24,7 @@ use smoltcp::wire::{
 
 use crate::failover::FailoverDevice;
 use crate::link::{Link, LinkError};
+use crate::mac::MacAddr;
 use crate::resend::ResendLimits;
 use crate::wire::announce;
 
@@ -68,7 +69,7 @@ impl Default for Buffers {
 /// Everything a stack needs to start.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     pub addresses: Vec<IpCidr>,
     pub gateway_v4: Option<Ipv4Address>,
     pub gateway_v6: Option<Ipv6Address>,
@@ -123,7 +124,7 @@ pub struct Stack {
     sockets: SocketSet<'static>,
     services: Vec<Service>,
     buffers: Buffers,
-    mac: [u8; 6],
+    mac: MacAddr,
     /// The default gateways, re-resolved after a migration.
     gateways: (Option<Ipv4Address>, Option<Ipv6Address>),
     /// Scratch for echo services, so echoing allocates nothing per poll.
@@ -139,7 +140,8 @@ impl Stack {
     ) -> Result<Self, StackError> {
         let mut device = FailoverDevice::new(standby, primary, config.mtu, config.resend);
         device.set_tcp_sack(config.tcp_sack);
-        let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
+        let mut iface_config =
+            Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac.0)));
         iface_config.random_seed = random_seed();
         let iface = Interface::new(iface_config, &mut device, Instant::now());
         let mut stack = Stack {
@@ -260,15 +262,15 @@ impl Stack {
         self.iface.ip_addrs()
     }
 
-    pub fn mac(&self) -> [u8; 6] {
+    pub fn mac(&self) -> MacAddr {
         self.mac
     }
 
     /// Take the failover pair's MAC (known once its standby is found).
-    pub fn set_mac(&mut self, mac: [u8; 6]) {
+    pub fn set_mac(&mut self, mac: MacAddr) {
         self.mac = mac;
         self.iface
-            .set_hardware_addr(HardwareAddress::Ethernet(EthernetAddress(mac)));
+            .set_hardware_addr(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
     }
 
     pub fn device(&self) -> &FailoverDevice {

@@ -11,14 +11,15 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, IpCidr};
 use vfailover_netstack::link::memory::MemoryLink;
 use vfailover_netstack::link::{Health, Link};
+use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::resend::ResendLimits;
 use vfailover_netstack::stack::{Buffers, ServiceConfig, ServiceKind, Stack, StackConfig};
 use vfailover_netstack::stats::{Path, SwitchCause};
 
-const STACK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
-const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const STACK_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x20]);
+const PEER_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
 
-fn config(mac: [u8; 6], cidr: &str, services: Vec<ServiceConfig>) -> StackConfig {
+fn config(mac: MacAddr, cidr: &str, services: Vec<ServiceConfig>) -> StackConfig {
     StackConfig {
         mac,
         addresses: vec![cidr.parse().unwrap()],
@@ -557,8 +558,8 @@ fn sack_off_takes_sack_permitted_out_of_syns() {
     let caps = ChecksumCapabilities::default();
     let mut syn = vec![0; 34 + tcp.buffer_len()];
     EthernetRepr {
-        src_addr: EthernetAddress(PEER_MAC),
-        dst_addr: EthernetAddress(STACK_MAC),
+        src_addr: EthernetAddress(PEER_MAC.0),
+        dst_addr: EthernetAddress(STACK_MAC.0),
         ethertype: EthernetProtocol::Ipv4,
     }
     .emit(&mut EthernetFrame::new_unchecked(&mut syn[..]));

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sched::{setns, CloneFlags};
 use vfailover_netstack::link::packet::PacketLink;
 use vfailover_netstack::link::{Health, Link, LinkError, LinkMode};
+use vfailover_netstack::mac::MacAddr;
 
 const US4: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 20);
 const US6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x213, 0, 0, 0, 0, 0, 0x20);
@@ -100,19 +101,14 @@ impl Lab {
         .expect("namespace thread panicked")
     }
 
-    fn mac(&self, ns: &str, dev: &str) -> [u8; 6] {
+    fn mac(&self, ns: &str, dev: &str) -> MacAddr {
         let out = run("ip", &["-n", ns, "-br", "link", "show", "dev", dev]);
         let field = out.split_whitespace().nth(2).expect("ip -br link output");
-        let mut mac = [0; 6];
-        for (byte, hex) in mac.iter_mut().zip(field.split(':')) {
-            *byte = u8::from_str_radix(hex, 16).expect("MAC");
-        }
-        mac
+        field.parse().expect("MAC")
     }
 
     /// Make the peer's kernel send to `addr` without resolving it first.
-    fn peer_neighbour(&self, addr: IpAddr, mac: [u8; 6]) {
-        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    fn peer_neighbour(&self, addr: IpAddr, mac: MacAddr) {
         run(
             "ip",
             &[
@@ -122,7 +118,7 @@ impl Lab {
                 "replace",
                 &addr.to_string(),
                 "lladdr",
-                &mac,
+                &mac.to_string(),
                 "dev",
                 "vp0",
                 "nud",
@@ -252,8 +248,8 @@ fn udp4_checksum_ok(f: &[u8]) -> bool {
 
 /// An Ethernet + IPv4 + UDP frame (UDP checksum 0: none, allowed on IPv4).
 fn udp4_frame(
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
+    dst_mac: MacAddr,
+    src_mac: MacAddr,
     src: (Ipv4Addr, u16),
     dst: SocketAddr,
     payload: &[u8],
@@ -263,8 +259,8 @@ fn udp4_frame(
     };
     let total = (20 + 8 + payload.len()) as u16;
     let mut f = Vec::new();
-    f.extend(dst_mac);
-    f.extend(src_mac);
+    f.extend(dst_mac.0);
+    f.extend(src_mac.0);
     f.extend(0x0800u16.to_be_bytes());
     let mut ip = vec![0x45, 0];
     ip.extend(total.to_be_bytes());

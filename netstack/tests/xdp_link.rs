@@ -22,8 +22,8 @@ use vfailover_netstack::xdp::attached_program;
 
 const GUEST_IF: &str = "veth0";
 const PEER_IF: &str = "veth1";
-const GUEST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x21, 0x30, 0x10];
-const PEER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x21, 0x30, 0x01];
+const GUEST_MAC: MacAddr = MacAddr([0x02, 0x00, 0x00, 0x21, 0x30, 0x10]);
+const PEER_MAC: MacAddr = MacAddr([0x02, 0x00, 0x00, 0x21, 0x30, 0x01]);
 const STACK_V4: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 20);
 const KERNEL_V4: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 10);
 const PEER_V4: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
@@ -79,14 +79,10 @@ impl Lab {
 /// queues each side so the one-XSK-per-queue path is exercised, with fixed
 /// MACs and the addresses of both kernels.
 fn create_veth(g: &str, p: &str) {
-    let (gm, pm) = (
-        MacAddr(GUEST_MAC).to_string(),
-        MacAddr(PEER_MAC).to_string(),
-    );
     let queues = "numtxqueues 2 numrxqueues 2";
     cmd(&format!(
-        "ip -n {g} link add name {GUEST_IF} address {gm} {queues} \
-         type veth peer name {PEER_IF} netns {p} address {pm} {queues}"
+        "ip -n {g} link add name {GUEST_IF} address {GUEST_MAC} {queues} \
+         type veth peer name {PEER_IF} netns {p} address {PEER_MAC} {queues}"
     ));
     cmd(&format!("ip -n {g} addr add 10.213.0.10/24 dev {GUEST_IF}"));
     cmd(&format!(
@@ -529,9 +525,9 @@ fn arp_request_for(frame: &[u8], target: Ipv4Addr) -> Option<([u8; 6], [u8; 4])>
 fn arp_reply((mac, ip): ([u8; 6], [u8; 4])) -> Vec<u8> {
     let mut f = Vec::with_capacity(42);
     f.extend_from_slice(&mac);
-    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&GUEST_MAC.0);
     f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
-    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&GUEST_MAC.0);
     f.extend_from_slice(&STACK_V4.octets());
     f.extend_from_slice(&mac);
     f.extend_from_slice(&ip);
@@ -575,7 +571,7 @@ fn neighbour_advert(ns: &[u8]) -> Vec<u8> {
     let mut icmp = vec![136, 0, 0, 0, 0x60, 0, 0, 0]; // solicited + override
     icmp.extend_from_slice(&STACK_V6.octets());
     icmp.extend_from_slice(&[2, 1]); // target link-layer address option
-    icmp.extend_from_slice(&GUEST_MAC);
+    icmp.extend_from_slice(&GUEST_MAC.0);
     // The ICMPv6 checksum covers a pseudo-header (RFC 8200 8.1).
     let mut pseudo = Vec::with_capacity(40 + icmp.len());
     pseudo.extend_from_slice(&STACK_V6.octets());
@@ -588,7 +584,7 @@ fn neighbour_advert(ns: &[u8]) -> Vec<u8> {
 
     let mut f = Vec::with_capacity(54 + icmp.len());
     f.extend_from_slice(peer_mac);
-    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&GUEST_MAC.0);
     f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
     f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
     f.extend_from_slice(&[58, 255]);
@@ -600,8 +596,8 @@ fn neighbour_advert(ns: &[u8]) -> Vec<u8> {
 
 fn echo_request() -> Vec<u8> {
     let mut f = Vec::with_capacity(50);
-    f.extend_from_slice(&PEER_MAC);
-    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&PEER_MAC.0);
+    f.extend_from_slice(&GUEST_MAC.0);
     f.extend_from_slice(&[0x08, 0x00]);
     let mut ip = [0u8; 20];
     ip[0] = 0x45;

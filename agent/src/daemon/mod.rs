@@ -26,7 +26,6 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use vfailover_netstack::datapath::Command;
-use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::stack::Stack;
 
 use crate::config::Config;
@@ -327,7 +326,7 @@ impl Daemon {
                     RefusedDevice {
                         ifname: dev.ifname.clone(),
                         ifindex: dev.ifindex,
-                        mac: MacAddr(dev.mac).to_string(),
+                        mac: dev.mac.to_string(),
                         reason,
                     },
                 );

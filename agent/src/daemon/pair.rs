@@ -27,7 +27,7 @@ const FAST_PATH_RETRY_MAX: Duration = Duration::from_secs(30);
 pub(super) struct PairRuntime {
     pub(super) config: PairConfig,
     pub(super) datapath: DatapathHandle,
-    pub(super) mac: Option<[u8; 6]>,
+    pub(super) mac: Option<MacAddr>,
     pub(super) standby: Option<NetDev>,
     /// The paired primary (being opened, or attached).
     pub(super) primary: Option<NetDev>,
@@ -54,7 +54,7 @@ const LATE_DATAPATH_WAIT: Duration = Duration::from_millis(50);
 
 impl PairRuntime {
     pub(super) fn start(config: &PairConfig) -> Result<PairRuntime> {
-        let stack = Stack::new(&stack_config(config, [0; 6]), None, None)
+        let stack = Stack::new(&stack_config(config, MacAddr::default()), None, None)
             .with_context(|| format!("pair {}: building the stack", config.name))?;
         let datapath = DatapathHandle::spawn(stack, DatapathOptions::default(), None)
             .with_context(|| format!("pair {}: starting the datapath", config.name))?;
@@ -80,7 +80,7 @@ impl PairRuntime {
     /// settings change in place, so connections on addresses that stay
     /// survive (`tcp_sack` applies to new connections).
     pub(super) fn reconfigure(&mut self, config: &PairConfig) -> Result<()> {
-        let new = stack_config(config, self.mac.unwrap_or([0; 6]));
+        let new = stack_config(config, self.mac.unwrap_or_default());
         let old_services: Vec<_> = self.config.services.clone();
         // A new resender would forget what the current one holds.
         let resend = (config.tcp_resend != self.config.tcp_resend).then_some(new.resend);
@@ -126,7 +126,7 @@ impl PairRuntime {
                     .collect::<Vec<_>>(),
             )
         });
-        let mac = self.mac.map(|m| MacAddr(m).to_string()).unwrap_or_default();
+        let mac = self.mac.map(|m| m.to_string()).unwrap_or_default();
         self.datapath_late
             .set(matches!(snapshot, Err(CallError::Late(_))));
         let (path, stats, primary, standby, addresses) = match snapshot {
@@ -202,7 +202,7 @@ impl PairRuntime {
 
 /// The stack a configured pair runs on the pair's MAC (public so the
 /// config fuzzer checks that every accepted config builds a stack).
-pub fn stack_config(config: &PairConfig, mac: [u8; 6]) -> StackConfig {
+pub fn stack_config(config: &PairConfig, mac: MacAddr) -> StackConfig {
     StackConfig {
         mac,
         addresses: config.addresses.clone(),

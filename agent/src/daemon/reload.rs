@@ -51,7 +51,7 @@ pub fn pair_specs(config: &Config) -> Vec<PairSpec> {
         .map(|p| PairSpec {
             name: p.name.clone(),
             standby: p.standby.clone(),
-            primary_mac: p.primary_mac.map(|m| m.0),
+            primary_mac: p.primary_mac,
         })
         .collect()
 }

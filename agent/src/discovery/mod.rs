@@ -20,6 +20,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::monitor::{dump_links, LinkEvent, LinkMonitor, LinkState};
 
 pub use self::sysfs::{Facts, Sysfs, GUEST_ANNOUNCE_BIT, STANDBY_BIT, VIRTIO_NET};
@@ -46,9 +47,9 @@ pub enum Class {
 pub struct NetDev {
     pub ifindex: u32,
     pub ifname: String,
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     /// The permanent MAC, which the kernel's failover pairs on.
-    pub perm_mac: Option<[u8; 6]>,
+    pub perm_mac: Option<MacAddr>,
     pub up: bool,
     pub carrier: bool,
     /// How often `carrier` went from true to false: a flap shorter than
@@ -67,7 +68,7 @@ pub struct NetDev {
 
 impl NetDev {
     /// A device known only by index, name and MAC: down, unclassified.
-    pub fn new(ifindex: u32, ifname: String, mac: [u8; 6]) -> NetDev {
+    pub fn new(ifindex: u32, ifname: String, mac: MacAddr) -> NetDev {
         NetDev {
             ifindex,
             ifname,
@@ -88,7 +89,7 @@ impl NetDev {
 
     /// The MAC to pair on: the permanent one, else the current one (a veth
     /// has no permanent address).
-    pub fn key_mac(&self) -> [u8; 6] {
+    pub fn key_mac(&self) -> MacAddr {
         self.perm_mac.unwrap_or(self.mac)
     }
 

@@ -1,9 +1,9 @@
 use super::fake::{standby_features, FakeSysfs};
 use super::*;
 
-const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 
-fn link(ifindex: u32, ifname: &str, perm: Option<[u8; 6]>, running: bool) -> LinkState {
+fn link(ifindex: u32, ifname: &str, perm: Option<MacAddr>, running: bool) -> LinkState {
     LinkState {
         ifindex,
         ifname: Some(ifname.into()),
@@ -260,7 +260,7 @@ fn devices_without_ethernet_address_are_skipped() {
 fn key_mac_prefers_the_permanent_address() {
     let fake = FakeSysfs::create();
     let mut devices = Devices::new(fake.sysfs());
-    let perm = [2, 0, 0, 0, 0, 9];
+    let perm = MacAddr([2, 0, 0, 0, 0, 9]);
     changed(&mut devices, link(2, "a", Some(perm), true));
     changed(&mut devices, link(3, "b", None, true));
     assert_eq!(devices.get()[&2].key_mac(), perm);
@@ -493,7 +493,7 @@ mod netns {
         let Some(DiscoveryEvent::Added(c)) = seen.last() else {
             unreachable!("until returns at the match");
         };
-        assert_eq!(c.mac, [2, 0, 0, 0, 0xfd, 1]);
+        assert_eq!(c.mac, MacAddr([2, 0, 0, 0, 0xfd, 1]));
         assert_eq!(c.perm_mac, None, "a veth has no permanent address");
         assert_eq!(c.key_mac(), c.mac);
     }

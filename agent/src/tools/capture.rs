@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use vfailover_netstack::mac::MacAddr;
 use vfailover_netstack::sys::packet;
 
 const ETHERTYPE_ARP: u16 = 0x0806;
@@ -26,23 +27,23 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 pub enum Announce {
     /// An ARP whose sender and target address are the same.
     GratuitousArp {
-        mac: [u8; 6],
+        mac: MacAddr,
         ip: Ipv4Addr,
     },
     /// A neighbour advertisement nobody asked for (solicited flag clear).
     UnsolicitedNa {
-        mac: [u8; 6],
+        mac: MacAddr,
         ip: Ipv6Addr,
     },
     Rarp {
-        mac: [u8; 6],
+        mac: MacAddr,
     },
 }
 
 /// Parse `frame` as an announce frame, if it is one.
 pub fn parse(frame: &[u8]) -> Option<Announce> {
     let ethertype = u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?);
-    let mac: [u8; 6] = frame.get(6..12)?.try_into().ok()?;
+    let mac = MacAddr::try_from(frame.get(6..12)?).ok()?;
     let payload = &frame[14..];
     match ethertype {
         ETHERTYPE_ARP => {
@@ -156,7 +157,7 @@ mod tests {
     use super::*;
     use vfailover_netstack::wire::announce;
 
-    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x20];
+    const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x20]);
 
     #[test]
     fn recognises_the_stacks_announce_frames() {

@@ -48,7 +48,7 @@ pub struct GuestStack {
 impl GuestStack {
     /// Open both links in the guest namespace and start the datapath there.
     pub fn start(lab: &Lab, standby: StandbyKind) -> Result<GuestStack> {
-        let mac = lab.mac().0;
+        let mac = lab.mac();
         let addresses = vec![IpAddr::V4(STACK_V4), IpAddr::V6(STACK_V6)];
         let config = StackConfig {
             mac,

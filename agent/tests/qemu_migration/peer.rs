@@ -14,6 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use vfailover::capture::{self, Announce};
+use vfailover_netstack::mac::MacAddr;
 
 use crate::net::Net;
 use crate::{unique, Result, GUEST_KERNEL_IP, MAC, STACK_IP};
@@ -175,23 +176,20 @@ pub fn capture_announces(net: &Net, stop: Arc<AtomicBool>) -> JoinHandle<Result<
 }
 
 fn announces(seen: &[(Instant, Announce)]) -> Announces {
-    let mac: Vec<u8> = MAC
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
+    let mac: MacAddr = MAC.parse().unwrap();
     let kernel: Ipv4Addr = GUEST_KERNEL_IP.parse().unwrap();
     let mut a = Announces::default();
     for &(at, announce) in seen {
         match announce {
-            Announce::GratuitousArp { mac: m, ip } if m[..] == mac[..] => {
+            Announce::GratuitousArp { mac: m, ip } if m == mac => {
                 if ip == STACK_IP {
                     a.agent_garp.push(at);
                 } else if ip == kernel {
                     a.kernel_garp += 1;
                 }
             }
-            Announce::Rarp { mac: m } if m[..] == mac[..] => a.rarp.push(at),
-            Announce::UnsolicitedNa { mac: m, .. } if m[..] == mac[..] => a.na += 1,
+            Announce::Rarp { mac: m } if m == mac => a.rarp.push(at),
+            Announce::UnsolicitedNa { mac: m, .. } if m == mac => a.na += 1,
             _ => {}
         }
     }

@@ -11,7 +11,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use pnet_base::MacAddr;
+use pnet_base::MacAddr as PnetMac;
 use pnet_packet::arp::{ArpHardwareTypes, ArpOperation, ArpOperations, MutableArpPacket};
 use pnet_packet::ethernet::{EtherType, EtherTypes, MutableEthernetPacket};
 use pnet_packet::icmpv6::ndp::{
@@ -20,6 +20,8 @@ use pnet_packet::icmpv6::ndp::{
 use pnet_packet::icmpv6::{self, Icmpv6Code, Icmpv6Packet, Icmpv6Types};
 use pnet_packet::ip::IpNextHeaderProtocols;
 use pnet_packet::ipv6::MutableIpv6Packet;
+
+use crate::mac::MacAddr;
 
 const ETH_HEADER: usize = 14;
 const ARP_LEN: usize = 28;
@@ -32,7 +34,7 @@ const NA_FLAG_OVERRIDE: u8 = 0x20;
 const ETHERTYPE_RARP: EtherType = EtherType(0x8035);
 const RARP_REQUEST_REVERSE: ArpOperation = ArpOperation(3);
 
-fn ethernet(frame: &mut [u8], src: MacAddr, dst: MacAddr, ethertype: EtherType) {
+fn ethernet(frame: &mut [u8], src: PnetMac, dst: PnetMac, ethertype: EtherType) {
     let mut eth = MutableEthernetPacket::new(frame).expect("frame holds an Ethernet header");
     eth.set_destination(dst);
     eth.set_source(src);
@@ -46,8 +48,9 @@ fn arp_frame(
     (ip, target_ip): (Ipv4Addr, Ipv4Addr),
     target_mac: MacAddr,
 ) -> Vec<u8> {
+    let mac = PnetMac::from(mac.0);
     let mut frame = vec![0u8; MIN_FRAME];
-    ethernet(&mut frame, mac, MacAddr::broadcast(), ethertype);
+    ethernet(&mut frame, mac, PnetMac::broadcast(), ethertype);
     let mut arp = MutableArpPacket::new(&mut frame[ETH_HEADER..ETH_HEADER + ARP_LEN])
         .expect("frame holds an ARP packet");
     arp.set_hardware_type(ArpHardwareTypes::Ethernet);
@@ -57,46 +60,46 @@ fn arp_frame(
     arp.set_operation(operation);
     arp.set_sender_hw_addr(mac);
     arp.set_sender_proto_addr(ip);
-    arp.set_target_hw_addr(target_mac);
+    arp.set_target_hw_addr(target_mac.0.into());
     arp.set_target_proto_addr(target_ip);
     frame
 }
 
 /// A gratuitous ARP request announcing that `ip` lives at `mac`.
-pub fn gratuitous_arp(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
+pub fn gratuitous_arp(mac: MacAddr, ip: Ipv4Addr) -> Vec<u8> {
     arp_frame(
-        mac.into(),
+        mac,
         EtherTypes::Arp,
         ArpOperations::Request,
         (ip, ip),
-        MacAddr::zero(),
+        MacAddr([0; 6]),
     )
 }
 
 /// A broadcast ARP request from `sender` (at `mac`) for `target`.
-pub fn arp_request(mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+pub fn arp_request(mac: MacAddr, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     arp_frame(
-        mac.into(),
+        mac,
         EtherTypes::Arp,
         ArpOperations::Request,
         (sender, target),
-        MacAddr::zero(),
+        MacAddr([0; 6]),
     )
 }
 
 /// A RARP "request reverse" for `mac`, as QEMU sends after migration.
-pub fn rarp(mac: [u8; 6]) -> Vec<u8> {
+pub fn rarp(mac: MacAddr) -> Vec<u8> {
     arp_frame(
-        mac.into(),
+        mac,
         ETHERTYPE_RARP,
         RARP_REQUEST_REVERSE,
         (Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED),
-        mac.into(),
+        mac,
     )
 }
 
 /// An unsolicited neighbour advertisement for `ip` to all nodes.
-pub fn unsolicited_na(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
+pub fn unsolicited_na(mac: MacAddr, ip: Ipv6Addr) -> Vec<u8> {
     let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
     ndp_frame(mac, ip, all_nodes, |icmp| {
         let mut na = MutableNeighborAdvertPacket::new(icmp).expect("holds an NA");
@@ -110,7 +113,7 @@ pub fn unsolicited_na(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
 
 /// A neighbour solicitation from `src` (at `mac`) for `target`, to the
 /// target's solicited-node group (RFC 4861 §7.2.2).
-pub fn neighbor_solicitation(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+pub fn neighbor_solicitation(mac: MacAddr, src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
     let t = target.octets();
     let group = Ipv6Addr::from([
         0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t[13], t[14], t[15],
@@ -126,24 +129,24 @@ pub fn neighbor_solicitation(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> V
 
 fn link_layer_option(
     option_type: pnet_packet::icmpv6::ndp::NdpOptionType,
-    mac: [u8; 6],
+    mac: MacAddr,
 ) -> NdpOption {
     NdpOption {
         option_type,
         length: 1,
-        data: mac.to_vec(),
+        data: mac.0.to_vec(),
     }
 }
 
 /// A neighbour discovery message from `src` to the multicast group `dst`,
 /// its body written by `body`, its checksum filled in.
-fn ndp_frame(mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, body: impl FnOnce(&mut [u8])) -> Vec<u8> {
+fn ndp_frame(mac: MacAddr, src: Ipv6Addr, dst: Ipv6Addr, body: impl FnOnce(&mut [u8])) -> Vec<u8> {
     let mut frame = vec![0u8; ETH_HEADER + IPV6_HEADER + NDP_LEN];
     let d = dst.octets();
     ethernet(
         &mut frame,
-        mac.into(),
-        MacAddr::new(0x33, 0x33, d[12], d[13], d[14], d[15]),
+        mac.0.into(),
+        PnetMac::new(0x33, 0x33, d[12], d[13], d[14], d[15]),
         EtherTypes::Ipv6,
     );
     {
@@ -173,7 +176,7 @@ mod tests {
         Icmpv6Repr, Ipv6Packet, NdiscRepr,
     };
 
-    const MAC: [u8; 6] = [0x02, 0, 0, 0, 0x21, 0x03];
+    const MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x21, 0x03]);
 
     /// The IPv6 header and ICMPv6 message of a neighbour discovery frame,
     /// its hop limit (255) and checksum verified.
@@ -210,7 +213,7 @@ mod tests {
                 ..
             } => {
                 assert_eq!(operation, SArpOp::Request);
-                assert_eq!(source_hardware_addr.0, MAC);
+                assert_eq!(source_hardware_addr.0, MAC.0);
                 assert_eq!(source_protocol_addr, ip);
                 assert_eq!(target_protocol_addr, ip);
             }
@@ -256,7 +259,7 @@ mod tests {
                 lladdr,
             }) => {
                 assert_eq!(target_addr, gw);
-                assert_eq!(lladdr.unwrap().as_bytes(), &MAC);
+                assert_eq!(lladdr.unwrap().as_bytes(), &MAC.0);
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -268,8 +271,8 @@ mod tests {
         assert_eq!(frame.len(), 60);
         assert_eq!(&frame[12..14], &[0x80, 0x35]);
         assert_eq!(&frame[20..22], &[0, 3]);
-        assert_eq!(&frame[22..28], &MAC);
-        assert_eq!(&frame[32..38], &MAC);
+        assert_eq!(&frame[22..28], &MAC.0);
+        assert_eq!(&frame[32..38], &MAC.0);
     }
 
     #[test]
@@ -285,7 +288,7 @@ mod tests {
             }) => {
                 assert!(flags.contains(smoltcp::wire::NdiscNeighborFlags::OVERRIDE));
                 assert_eq!(target_addr, ip);
-                assert_eq!(lladdr.unwrap().as_bytes(), &MAC);
+                assert_eq!(lladdr.unwrap().as_bytes(), &MAC.0);
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -141,7 +141,7 @@ fn migration(lab: &Lab, agent: &Agent) -> Result<Option<(Duration, Option<Durati
     moved?;
     lab.replug()?;
     let pair = agent.wait_for_path("primary")?;
-    let mac = lab.mac().0;
+    let mac = lab.mac();
     let Some(signal) = pair
         .last_migration
         .map(|m| UNIX_EPOCH + Duration::from_secs_f64(m.at_unix))

@@ -187,7 +187,7 @@ impl Lab {
         let ageing_cs = u32::try_from(opts.fdb_ageing.as_millis() / 10)
             .context("fdb_ageing is too long for the kernel (u32 centiseconds)")?;
         let mac = opts.mac.unwrap_or_else(|| random_local_mac(random_u64()));
-        if mac.0[0] & 1 != 0 {
+        if mac.is_multicast() {
             bail!("the lab MAC {mac} is a multicast address; a NIC needs a unicast one");
         }
         let prefix = format!(

@@ -312,7 +312,7 @@ fn drive(lab: &Lab, agent: &Agent, opts: &Options, stop: &AtomicBool) -> Result<
         echoed_sha256: stream.echoed_sha256,
         stalls: stream.stalls,
         guest_announce: opts.guest_announce,
-        mac: lab.mac().0,
+        mac: lab.mac(),
         t0: watch.t0,
         t0_unix: watch.t0_unix,
         samples: watch.samples,

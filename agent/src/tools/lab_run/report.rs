@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use vfailover_netstack::mac::MacAddr;
+
 use crate::capture::Announce;
 use crate::lab::{STACK_V4, STACK_V6};
 use crate::scenario::{longest_stall, Stall};
@@ -88,7 +90,7 @@ pub struct Report {
     /// Where the peer waited for echoed bytes with some outstanding.
     pub stalls: Vec<Stall>,
     pub guest_announce: bool,
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     pub t0: Instant,
     pub t0_unix: f64,
     pub samples: Vec<Sample>,
@@ -414,7 +416,7 @@ impl Report {
 
     /// Captured GARPs and NAs for the stack's addresses from the pair's MAC.
     fn agent_frames(&self) -> usize {
-        let ours = |mac: &[u8; 6], ip: IpAddr| {
+        let ours = |mac: &MacAddr, ip: IpAddr| {
             *mac == self.mac && (ip == IpAddr::V4(STACK_V4) || ip == IpAddr::V6(STACK_V6))
         };
         self.frames

@@ -20,9 +20,10 @@
 //! A connection is forgotten on a RST either way, and once both sides
 //! have sent FIN and ours is acknowledged.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -143,7 +144,10 @@ impl FlowKey {
 /// them again.
 pub struct Resender {
     limits: ResendLimits,
-    flows: HashMap<FlowKey, Flow>,
+    /// Looked up for every TCP frame: a fast hash (the peer chooses only
+    /// its port, so flooding one bucket gains it nothing it could not get
+    /// with the connection limit).
+    flows: FxHashMap<FlowKey, Flow>,
     pool: Vec<Vec<u8>>,
     held: usize,
     counters: ResendCounters,
@@ -155,7 +159,7 @@ impl Resender {
     pub fn new(limits: ResendLimits) -> Self {
         Resender {
             limits,
-            flows: HashMap::new(),
+            flows: FxHashMap::default(),
             pool: Vec::new(),
             held: 0,
             counters: ResendCounters::default(),
@@ -185,24 +189,18 @@ impl Resender {
             self.forget(&key);
             return;
         }
-        if !self.flows.contains_key(&key) {
+        if self.flows.len() >= self.limits.max_connections && !self.flows.contains_key(&key) {
             self.make_room();
-            self.flows.insert(
-                key,
-                Flow {
-                    una: seg.seq,
-                    snd_nxt: seg.seq,
-                    segments: VecDeque::new(),
-                    last_header: Vec::new(),
-                    fin_end: None,
-                    peer_fin: false,
-                    last_active: now,
-                },
-            );
         }
-        let Some(flow) = self.flows.get_mut(&key) else {
-            return;
-        };
+        let flow = self.flows.entry(key).or_insert_with(|| Flow {
+            una: seg.seq,
+            snd_nxt: seg.seq,
+            segments: VecDeque::new(),
+            last_header: Vec::new(),
+            fin_end: None,
+            peer_fin: false,
+            last_active: now,
+        });
         flow.last_active = now;
         flow.last_header.clear();
         flow.last_header.extend_from_slice(&frame[..seg.payload_at]);
@@ -302,11 +300,8 @@ impl Resender {
         }
     }
 
-    /// Forget the longest idle connection when the table is full.
+    /// Forget the longest idle connection (the table is full).
     fn make_room(&mut self) {
-        if self.flows.len() < self.limits.max_connections {
-            return;
-        }
         let idle = self
             .flows
             .iter()

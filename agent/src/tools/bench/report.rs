@@ -66,7 +66,7 @@ fn write_resend(out: &mut String, r: &ResendResult) -> std::fmt::Result {
         out,
         "The bench's stack (no daemon) with the device's TCP resend on and off, switched at run \
          time on the same stack. Echo: the peer streams through the stack's `tcp-echo` and reads \
-         it back (every segment the stack sends is copied for a resend); the runs alternate. \
+         it back (every segment the stack sends is copied for a resend); the runs alternate, after one uncounted warm-up run. \
          Stall: the longest time the peer waited for echoed bytes it had sent, from each step of \
          an unplug → migrate → replug run (as `vfailover lab`) to the next; `–` is none of 2 ms \
          or more. With SACK off the stack takes SACK-permitted out of the peer's SYN \

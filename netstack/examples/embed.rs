@@ -82,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     loop {
         std::thread::sleep(Duration::from_secs(5));
-        let (path, stats) = datapath.call(|s| (s.device().path(), s.device().stats().clone()))?;
+        let (path, stats) = datapath.call(|s| (s.device().path(), s.device().stats()))?;
         println!(
             "path {path}: primary {:?} standby {:?}",
             stats.primary, stats.standby

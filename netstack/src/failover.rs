@@ -145,7 +145,7 @@ impl FailoverDevice {
 
     /// Let a held primary carry TX. Returns false when no primary is held.
     pub fn release_primary(&mut self) -> bool {
-        if self.primary.is_none() || !self.primary_held {
+        if !self.primary_held() {
             return false;
         }
         self.primary_held = false;

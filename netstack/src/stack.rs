@@ -252,9 +252,7 @@ impl Stack {
                 })
             })
             .collect();
-        let sent = frames.iter().filter(|f| self.device.send_raw(f)).count();
-        self.device.flush();
-        sent
+        self.send_now(&frames)
     }
 
     /// The addresses the stack answers on.
@@ -388,7 +386,7 @@ impl Stack {
     /// so the caller knows whether to poll again or sleep.
     pub fn poll(&mut self, now: Instant) -> bool {
         self.device.begin_round();
-        let before = self.frames_moved();
+        let before = self.device.frames_moved();
         let mut changed = false;
         // Services may queue data that a second pass sends out at once.
         for _ in 0..2 {
@@ -397,7 +395,7 @@ impl Stack {
             changed |= self.run_services();
         }
         self.device.flush();
-        changed || self.frames_moved() != before || self.device.rx_queued() > 0
+        changed || self.device.frames_moved() != before || self.device.rx_queued() > 0
     }
 
     /// How long smoltcp can wait before its next timer (retransmit, delayed
@@ -422,13 +420,15 @@ impl Stack {
         if rarp {
             frames.push(announce::rarp(self.mac));
         }
+        self.send_now(&frames)
+    }
+
+    /// Send frames built outside smoltcp on the active path and flush;
+    /// returns how many a link took.
+    fn send_now(&mut self, frames: &[Vec<u8>]) -> usize {
         let sent = frames.iter().filter(|f| self.device.send_raw(f)).count();
         self.device.flush();
         sent
-    }
-
-    fn frames_moved(&self) -> u64 {
-        self.device.frames_moved()
     }
 
     /// Move data for the built-in services; returns whether any moved.

@@ -222,7 +222,7 @@ fn tx_follows_primary_and_rx_takes_both() {
     let mut lab = Lab::new();
     assert_eq!(lab.stack.device().path(), Path::Primary);
     echo_transfer(&mut lab, 64 * 1024, |_, _| {});
-    let stats = lab.stack.device().stats().clone();
+    let stats = lab.stack.device().stats();
     assert!(stats.primary.tx_packets > 0);
     assert_eq!(
         stats.standby.tx_packets, 0,
@@ -247,7 +247,7 @@ fn tcp_survives_unplug_and_replug() {
         }
     });
     assert_eq!(phase, 2);
-    let stats = lab.stack.device().stats().clone();
+    let stats = lab.stack.device().stats();
     assert_eq!(stats.switches, 2, "primary -> standby -> primary");
     assert!(
         stats.standby.tx_packets > 0,

@@ -117,7 +117,7 @@ impl PairRuntime {
             };
             (
                 d.path(),
-                d.stats().clone(),
+                d.stats(),
                 link(d.primary()),
                 link(d.standby()),
                 s.addresses()

@@ -102,7 +102,7 @@ impl GuestStack {
 
     /// A copy of the datapath's counters.
     pub fn stats(&self) -> Result<Stats> {
-        Ok(self.datapath.call(|s| s.device().stats().clone())?)
+        Ok(self.datapath.call(|s| s.device().stats())?)
     }
 
     pub fn path(&self) -> Result<Path> {

@@ -54,6 +54,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::unistd::geteuid;
 use serde_json::json;
+use vfailover::scenario::Stall;
 
 use crate::guest::{
     assert_failover_trio, assert_kernel_quiet, boot, guest_announce_bit, kernel_trouble, pair0,
@@ -534,8 +535,8 @@ fn vfailover_case(guest_announce: bool) {
         let running = r
             .stalls
             .iter()
-            .filter(|(a, b)| *a >= started[i] && *b <= stopped)
-            .map(|(a, b)| *b - *a)
+            .filter(|s| s.from >= started[i] && s.to <= stopped)
+            .map(Stall::length)
             .max()
             .unwrap_or_default();
         let (unplug, after) = (running, r.longest_stall(stopped, end).unwrap_or_default());
@@ -543,8 +544,10 @@ fn vfailover_case(guest_announce: bool) {
         let long: Vec<String> = r
             .stalls
             .iter()
-            .filter(|(a, b)| *b > started[i] && *a < end && *b - *a >= Duration::from_millis(100))
-            .map(|(a, b)| format!("{}..{} ms", rel(*a), rel(*b)))
+            .filter(|s| {
+                s.to > started[i] && s.from < end && s.length() >= Duration::from_millis(100)
+            })
+            .map(|s| format!("{}..{} ms", rel(s.from), rel(s.to)))
             .collect();
         eprintln!(
             "[{label}, migration {}] longest TCP stall seen by the peer: {} from `migrate` until \

@@ -14,6 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use vfailover::capture::{self, Announce};
+use vfailover::scenario::{longest_stall, Stall};
 use vfailover_netstack::mac::MacAddr;
 
 use crate::net::Net;
@@ -207,24 +208,17 @@ pub struct EchoReport {
     pub sent_sha: String,
     pub echoed_sha: String,
     pub took: Duration,
-    /// Every wait of 2 ms or more for echoed bytes (from, to): from the
+    /// Every wait of 2 ms or more for echoed bytes: from the
     /// later of the previous echoed bytes and the write of the awaited byte
     /// to its arrival. The pacing's own pauses, with nothing outstanding,
     /// do not count.
     pub stalls: Vec<Stall>,
 }
 
-/// A wait for echoed bytes: (from, to).
-pub type Stall = (Instant, Instant);
-
 impl EchoReport {
     /// The longest stall overlapping `from..to`.
     pub fn longest_stall(&self, from: Instant, to: Instant) -> Option<Duration> {
-        self.stalls
-            .iter()
-            .filter(|(a, b)| *b > from && *a < to)
-            .map(|(a, b)| *b - *a)
-            .max()
+        longest_stall(&self.stalls, from, to)
     }
 }
 
@@ -268,7 +262,7 @@ impl Echo {
                         .map(|(_, at)| *at);
                     let from = sent_at.map_or(last, |at| at.max(last));
                     if now.saturating_duration_since(from) >= Duration::from_millis(2) {
-                        stalls.push((from, now));
+                        stalls.push(Stall { from, to: now });
                     }
                     last = now;
                     h.update(&buf[..n]);

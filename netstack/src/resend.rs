@@ -98,6 +98,7 @@ struct Segment {
 }
 
 struct Flow {
+    key: FlowKey,
     /// Oldest sequence number not acknowledged by the peer.
     una: TcpSeqNumber,
     /// One past the highest sequence number sent.
@@ -144,10 +145,15 @@ impl FlowKey {
 /// them again.
 pub struct Resender {
     limits: ResendLimits,
-    /// Looked up for every TCP frame: a fast hash (the peer chooses only
-    /// its port, so flooding one bucket gains it nothing it could not get
-    /// with the connection limit).
-    flows: FxHashMap<FlowKey, Flow>,
+    flows: Vec<Flow>,
+    /// Where each connection is in `flows`: a fast hash (the peer chooses
+    /// only its port, so flooding one bucket gains it nothing it could not
+    /// get with the connection limit).
+    index: FxHashMap<FlowKey, usize>,
+    /// The connection of the last frame looked up: smoltcp sends a
+    /// socket's segments in a burst and bulk data arrives in runs, so most
+    /// frames skip the hash.
+    recent: usize,
     pool: Vec<Vec<u8>>,
     held: usize,
     counters: ResendCounters,
@@ -159,7 +165,9 @@ impl Resender {
     pub fn new(limits: ResendLimits) -> Self {
         Resender {
             limits,
-            flows: FxHashMap::default(),
+            flows: Vec::new(),
+            index: FxHashMap::default(),
+            recent: 0,
             pool: Vec::new(),
             held: 0,
             counters: ResendCounters::default(),
@@ -185,22 +193,15 @@ impl Resender {
             return;
         };
         let key = FlowKey::sent(&seg);
+        let found = self.find(&key);
         if seg.rst {
-            self.forget(&key);
+            if let Some(at) = found {
+                self.forget(at);
+            }
             return;
         }
-        if self.flows.len() >= self.limits.max_connections && !self.flows.contains_key(&key) {
-            self.make_room();
-        }
-        let flow = self.flows.entry(key).or_insert_with(|| Flow {
-            una: seg.seq,
-            snd_nxt: seg.seq,
-            segments: VecDeque::new(),
-            last_header: Vec::new(),
-            fin_end: None,
-            peer_fin: false,
-            last_active: now,
-        });
+        let at = found.unwrap_or_else(|| self.add(key, seg.seq, now));
+        let flow = &mut self.flows[at];
         flow.last_active = now;
         flow.last_header.clear();
         flow.last_header.extend_from_slice(&frame[..seg.payload_at]);
@@ -239,14 +240,14 @@ impl Resender {
         let Some(seg) = TcpView::parse(frame) else {
             return;
         };
-        let key = FlowKey::received(&seg);
-        let Some(flow) = self.flows.get_mut(&key) else {
+        let Some(at) = self.find(&FlowKey::received(&seg)) else {
             return;
         };
         if seg.rst {
-            self.forget(&key);
+            self.forget(at);
             return;
         }
+        let flow = &mut self.flows[at];
         flow.peer_fin |= seg.fin;
         // An ACK beyond what was sent is bogus (or for an older connection
         // on the same ports): it must not free anything.
@@ -262,7 +263,7 @@ impl Resender {
             }
         }
         if flow.peer_fin && flow.fin_end.is_some_and(|end| flow.una >= end) {
-            self.forget(&key);
+            self.forget(at);
         }
     }
 
@@ -274,7 +275,7 @@ impl Resender {
             return;
         }
         let before = self.counters;
-        for flow in self.flows.values() {
+        for flow in &self.flows {
             for segment in &flow.segments {
                 if send(&segment.frame) {
                     self.counters.segments += 1;
@@ -294,22 +295,52 @@ impl Resender {
         }
     }
 
-    fn forget(&mut self, key: &FlowKey) {
-        if let Some(flow) = self.flows.remove(key) {
-            self.held -= flow.held();
+    fn find(&mut self, key: &FlowKey) -> Option<usize> {
+        if self.flows.get(self.recent).is_some_and(|f| f.key == *key) {
+            return Some(self.recent);
         }
+        let at = *self.index.get(key)?;
+        self.recent = at;
+        Some(at)
     }
 
-    /// Forget the longest idle connection (the table is full).
-    fn make_room(&mut self) {
-        let idle = self
-            .flows
-            .iter()
-            .min_by_key(|(_, flow)| flow.last_active)
-            .map(|(key, _)| *key);
-        if let Some(key) = idle {
-            self.forget(&key);
-            self.counters.evicted += 1;
+    /// Follow a new connection, first forgetting the longest idle one if
+    /// the table is full. Returns where it is.
+    fn add(&mut self, key: FlowKey, seq: TcpSeqNumber, now: Instant) -> usize {
+        if self.flows.len() >= self.limits.max_connections {
+            let idle = (0..self.flows.len()).min_by_key(|&at| self.flows[at].last_active);
+            if let Some(at) = idle {
+                self.forget(at);
+                self.counters.evicted += 1;
+            }
+        }
+        let at = self.flows.len();
+        self.flows.push(Flow {
+            key,
+            una: seq,
+            snd_nxt: seq,
+            segments: VecDeque::new(),
+            last_header: Vec::new(),
+            fin_end: None,
+            peer_fin: false,
+            last_active: now,
+        });
+        self.index.insert(key, at);
+        self.recent = at;
+        at
+    }
+
+    fn forget(&mut self, at: usize) {
+        let flow = self.flows.swap_remove(at);
+        self.index.remove(&flow.key);
+        if let Some(moved) = self.flows.get(at) {
+            self.index.insert(moved.key, at);
+        }
+        self.held -= flow.held();
+        for segment in flow.segments {
+            if self.pool.len() < POOL {
+                self.pool.push(segment.frame);
+            }
         }
     }
 }

@@ -13,9 +13,10 @@ use super::{CpuTicks, Cpus};
 use crate::lab::Lab;
 use crate::scenario::{failover_transfer, GatedStream, GuestStack, Step};
 
-/// Echo runs per setting; they alternate, so drift in the machine's load
-/// falls on both, and the median of each is compared.
-const ROUNDS: usize = 4;
+/// Echo runs per setting. They alternate (on, off, on, ...), and each on
+/// run is compared with the off run right after it: drift in the machine's
+/// load falls on both halves of a pair, and the median pair is reported.
+const ROUNDS: usize = 10;
 
 /// One echo run.
 #[derive(Debug, Clone)]
@@ -50,21 +51,42 @@ pub struct ResendResult {
     pub stalls: Vec<StallRun>,
 }
 
+/// Throughput with the resender on over off, from paired runs.
+#[derive(Debug, Clone, Copy)]
+pub struct CostRatio {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub pairs: usize,
+}
+
 impl ResendResult {
-    /// Median echo throughput with the resender on over off.
-    pub fn cost_ratio(&self) -> Option<f64> {
-        let median = |on: bool| {
-            let mut runs: Vec<f64> = self
-                .echo
-                .iter()
-                .filter(|r| r.resend == on)
-                .map(EchoRun::mib_per_s)
-                .collect();
-            runs.sort_by(f64::total_cmp);
-            let n = runs.len();
-            (n > 0).then(|| (runs[(n - 1) / 2] + runs[n / 2]) / 2.0)
-        };
-        Some(median(true)? / median(false)?)
+    /// Echo throughput with the resender on over off.
+    pub fn cost_ratio(&self) -> Option<CostRatio> {
+        self.paired(EchoRun::mib_per_s)
+    }
+
+    /// The same per busy second of the stack's core: what each echoed byte
+    /// costs the stack, also when the peer, not the stack, set the pace.
+    pub fn cpu_cost_ratio(&self) -> Option<CostRatio> {
+        self.paired(|r| r.mib_per_s() / r.server_busy.max(1e-9))
+    }
+
+    fn paired(&self, figure: impl Fn(&EchoRun) -> f64) -> Option<CostRatio> {
+        let mut ratios: Vec<f64> = self
+            .echo
+            .chunks_exact(2)
+            .filter(|pair| pair[0].resend && !pair[1].resend)
+            .map(|pair| figure(&pair[0]) / figure(&pair[1]))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        (n > 0).then(|| CostRatio {
+            median: (ratios[(n - 1) / 2] + ratios[n / 2]) / 2.0,
+            min: ratios[0],
+            max: ratios[n - 1],
+            pairs: n,
+        })
     }
 }
 

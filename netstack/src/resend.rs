@@ -8,8 +8,9 @@
 //! peer often cannot help with duplicate ACKs (the stack's window may be
 //! zero). So the device keeps the unacknowledged segments itself and, on a
 //! switch or a migration signal, sends them again on the new path, then
-//! repeats each connection's ACK three times (a peer without SACK takes
-//! three duplicate ACKs as a loss and retransmits at once). Duplicates are
+//! repeats each connection's ACK four times (a peer without SACK takes
+//! three duplicate ACKs as a loss and retransmits at once; the first copy
+//! may count as a window update). Duplicates are
 //! harmless to TCP: the peer's ACK moves smoltcp on.
 //!
 //! Pure: frames in (sent by the stack, received from the peer), frames out
@@ -33,9 +34,14 @@ use smoltcp::wire::{
 
 use crate::wire::tcp::TcpView;
 
-/// Copies of the ACK sent per connection: a peer without SACK enters fast
-/// retransmit on the third duplicate ACK (RFC 5681).
-const DUPLICATE_ACKS: usize = 3;
+/// Copies of the ACK sent per connection. A peer without SACK enters fast
+/// retransmit on the third duplicate ACK (RFC 5681), but Linux takes the
+/// first copy as a window update, not a duplicate: its sequence number
+/// (one past what the stack sent) is newer than that of the data segment
+/// the peer last took a window from (`tcp_may_update_window`). Seen in
+/// the lab with three copies: the peer counted two and waited 200 ms for
+/// its RTO.
+const REPEATED_ACKS: usize = 4;
 /// Spare frame buffers kept for reuse, so the hot path does not allocate.
 const POOL: usize = 256;
 
@@ -70,7 +76,7 @@ pub struct ResendCounters {
     pub segments: u64,
     /// Their frame bytes.
     pub bytes: u64,
-    /// ACKs repeated (three per connection and round).
+    /// ACKs repeated ([`REPEATED_ACKS`] per connection and round).
     pub acks: u64,
     /// Segments not kept because [`ResendLimits::max_bytes`] was reached.
     pub untracked: u64,
@@ -268,7 +274,7 @@ impl Resender {
     }
 
     /// Send every held segment again through `send`, then each
-    /// connection's latest ACK [`DUPLICATE_ACKS`] times. `send` returns
+    /// connection's latest ACK [`REPEATED_ACKS`] times. `send` returns
     /// whether a link took the frame; only those are counted.
     pub fn resend(&mut self, mut send: impl FnMut(&[u8]) -> bool) {
         if self.flows.is_empty() {
@@ -283,7 +289,7 @@ impl Resender {
                 }
             }
             if build_ack(flow, &mut self.scratch) {
-                for _ in 0..DUPLICATE_ACKS {
+                for _ in 0..REPEATED_ACKS {
                     if send(&self.scratch) {
                         self.counters.acks += 1;
                     }
@@ -295,6 +301,7 @@ impl Resender {
         }
     }
 
+    #[inline]
     fn find(&mut self, key: &FlowKey) -> Option<usize> {
         if self.flows.get(self.recent).is_some_and(|f| f.key == *key) {
             return Some(self.recent);

@@ -206,7 +206,7 @@ fn parse(frame: &[u8]) -> Parsed {
 }
 
 #[test]
-fn unacknowledged_segments_go_again_in_order_then_three_acks() {
+fn unacknowledged_segments_go_again_in_order_then_the_acks() {
     let now = Instant::now();
     let mut r = resender();
     let c = V4;
@@ -220,7 +220,11 @@ fn unacknowledged_segments_go_again_in_order_then_three_acks() {
     }
     r.on_received(&c.ack(110));
     let out = resent(&mut r);
-    assert_eq!(out.len(), 2 + 3, "two held segments and three ACKs");
+    assert_eq!(
+        out.len(),
+        2 + REPEATED_ACKS,
+        "two held segments, then the ACKs"
+    );
     assert_eq!(out[0], b);
     assert_eq!(out[1], d);
     for ack in &out[2..] {
@@ -234,7 +238,7 @@ fn unacknowledged_segments_go_again_in_order_then_three_acks() {
     let counters = r.counters();
     assert_eq!(
         (counters.rounds, counters.segments, counters.acks),
-        (1, 2, 3)
+        (1, 2, REPEATED_ACKS as u64)
     );
     assert_eq!(counters.bytes, (b.len() + d.len()) as u64);
     assert_eq!(counters.held_bytes, (b.len() + d.len()) as u64);
@@ -248,11 +252,15 @@ fn a_partly_acknowledged_segment_stays_and_a_full_ack_frees_everything() {
     let c = V4;
     r.on_sent(&c.data(100, 1, &[1; 10]), now);
     r.on_received(&c.ack(105));
-    assert_eq!(resent(&mut r).len(), 1 + 3);
+    assert_eq!(resent(&mut r).len(), 1 + REPEATED_ACKS);
     r.on_received(&c.ack(110));
     assert_eq!(r.counters().held_bytes, 0);
     let out = resent(&mut r);
-    assert_eq!(out.len(), 3, "only the ACKs: nothing is unacknowledged");
+    assert_eq!(
+        out.len(),
+        REPEATED_ACKS,
+        "only the ACKs: nothing is unacknowledged"
+    );
 }
 
 #[test]
@@ -267,7 +275,7 @@ fn retransmissions_by_the_stack_are_not_held_twice() {
     assert_eq!(r.counters().held_bytes, first.len() as u64);
     // A retransmission that also carries new data is kept.
     r.on_sent(&c.data(100, 1, &[1; 20]), now);
-    assert_eq!(resent(&mut r).len(), 2 + 3);
+    assert_eq!(resent(&mut r).len(), 2 + REPEATED_ACKS);
 }
 
 #[test]
@@ -280,7 +288,7 @@ fn sequence_numbers_wrap() {
     r.on_sent(&c.data(5, 1, &[2; 10]), now);
     r.on_received(&c.ack(5));
     let out = resent(&mut r);
-    assert_eq!(out.len(), 1 + 3);
+    assert_eq!(out.len(), 1 + REPEATED_ACKS);
     assert_eq!(parse(&out[0]).seq, 5);
     assert_eq!(
         parse(&out[1]).seq,
@@ -300,7 +308,7 @@ fn an_ack_beyond_what_was_sent_frees_nothing() {
     r.on_received(&c.ack(111));
     r.on_received(&c.ack(100_000));
     r.on_received(&c.ack(50));
-    assert_eq!(resent(&mut r).len(), 1 + 3);
+    assert_eq!(resent(&mut r).len(), 1 + REPEATED_ACKS);
 }
 
 #[test]
@@ -398,7 +406,7 @@ fn connections_are_kept_apart_and_ipv6_works() {
     r.on_received(&other.ack(110));
     r.on_received(&v6().ack(110));
     let out = resent(&mut r);
-    assert_eq!(out.len(), 1 + 3 * 3);
+    assert_eq!(out.len(), 1 + 3 * REPEATED_ACKS);
     assert!(out.contains(&V4.data(100, 1, &[1; 10])));
     let v6_acks = out.iter().filter(|f| {
         EthernetFrame::new_checked(&f[..]).unwrap().ethertype() == EthernetProtocol::Ipv6
@@ -497,5 +505,5 @@ fn truncated_and_foreign_frames_are_ignored() {
     r.on_received(&garbage);
     // Only the whole data frame counted.
     assert_eq!(r.counters().held_bytes, data.len() as u64);
-    assert_eq!(resent(&mut r).len(), 1 + 3);
+    assert_eq!(resent(&mut r).len(), 1 + REPEATED_ACKS);
 }

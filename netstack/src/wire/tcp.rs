@@ -2,8 +2,7 @@
 //! them: [`TcpView`] for the resender, and [`strip_sack_permitted`].
 //!
 //! Why a stack would run without SACK (RFC 2018 leaves it to either end):
-//! after a failover the device repeats each connection's ACK three times,
-//! so that a peer whose segments were lost on the way retransmits them at
+//! after a failover the device repeats each connection's ACK, so that a peer whose segments were lost on the way retransmits them at
 //! once (RFC 5681 fast retransmit). A SACK peer does not take duplicate
 //! ACKs without SACK blocks as a loss (Linux marks losses from SACK
 //! information only) and waits for its own RTO, at least 200 ms on Linux.
@@ -59,6 +58,7 @@ impl TcpView {
     /// Read by hand rather than through smoltcp's checked packets: the
     /// device parses every TCP frame it sends and receives, and this is
     /// about a third of the instructions (bounds are still checked).
+    #[inline]
     pub fn parse(frame: &[u8]) -> Option<TcpView> {
         let (src, dst, segment) = locate(frame)?;
         let tcp = frame.get(segment.clone())?;
@@ -97,6 +97,7 @@ impl TcpView {
 }
 
 /// The addresses of a TCP segment in `frame` and where the segment lies.
+#[inline]
 fn locate(frame: &[u8]) -> Option<(IpAddress, IpAddress, Range<usize>)> {
     let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let ip = &frame[ETHERNET_HEADER..];

@@ -301,7 +301,7 @@ impl Resender {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn find(&mut self, key: &FlowKey) -> Option<usize> {
         if self.flows.get(self.recent).is_some_and(|f| f.key == *key) {
             return Some(self.recent);

@@ -1,14 +1,16 @@
-//! What the TCP resend costs in CPU, counted rather than timed: a TCP echo
-//! of N MiB through the stack's `tcp-echo` service, with a second stack as
-//! the peer, both in this process over an in-memory link, no kernel and no
-//! clock in the loop. Run it under callgrind with the resend on and off and
+//! What the TCP resend costs in CPU: a TCP echo of N MiB through the
+//! stack's `tcp-echo` service, with a second stack as the peer, both in
+//! this process over an in-memory link, no kernel and no clock in the
+//! loop. Counted: run it under callgrind with the resend on and off and
 //! compare the instruction counts (the peer's resender is always off, so
-//! the difference is the stack's):
+//! the difference is the stack's). Timed: `compare` alternates the two and
+//! times only the echoing stack's polls.
 //!
 //! ```sh
 //! cargo build --release --example resend_cost
 //! valgrind --tool=callgrind target/release/examples/resend_cost on 16
 //! valgrind --tool=callgrind target/release/examples/resend_cost off 16
+//! taskset -c 1 target/release/examples/resend_cost compare 64 15
 //! ```
 
 use smoltcp::iface::SocketHandle;

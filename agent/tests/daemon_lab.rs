@@ -481,6 +481,23 @@ fn sighup_moves_an_address_and_keeps_connections_on_the_others() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(agent.log().contains("reload refused"), "{}", agent.log());
     assert_eq!(echo(b"still here"), b"still here");
+
+    // So is an MTU change, which only a restart applies, and it says so.
+    let mtu = format!(
+        "{}mtu = 1400\n",
+        pair_config(&["10.213.0.20/24", "10.213.0.31/24"])
+    );
+    agent.write_config(&mtu).unwrap();
+    agent.signal(Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        agent
+            .log()
+            .contains("mtu (1500 → 1400) cannot change on reload"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(echo(b"mtu kept"), b"mtu kept");
     drop(to_peer);
     conn.join().unwrap();
 }

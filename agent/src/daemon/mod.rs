@@ -37,7 +37,7 @@ use crate::status::{RefusedDevice, Status};
 use links::{Opened, Role};
 pub use pair::stack_config;
 use pair::PairRuntime;
-use reload::{pair_specs, plan_reload};
+use reload::{pair_specs, plan_reload, repairing_needed, running_config};
 use systemd::{tell_reloading, tell_systemd, StatusLine, Watchdog};
 
 /// How long the main loop sleeps at most: it re-checks the wall clock
@@ -142,7 +142,7 @@ impl Daemon {
             }
             if self.reload.swap(false, Ordering::Relaxed) {
                 if let Err(e) = self.reload_config() {
-                    tracing::error!("reload refused, keeping the running config: {e:#}");
+                    tracing::error!("{e}");
                 }
             }
             let _ = self.waker.read();
@@ -418,7 +418,7 @@ impl Daemon {
             }
             Request::Reload => match self.reload_config() {
                 Ok(()) => Response::Reloaded,
-                Err(e) => Response::Error(format!("reload refused, running config kept: {e:#}")),
+                Err(e) => Response::Error(e.to_string()),
             },
         }
     }
@@ -435,30 +435,48 @@ impl Daemon {
 
     /// Reload, with systemd told: RELOADING=1 (with the MONOTONIC_USEC
     /// systemd 253 wants), READY=1 once done, whatever the outcome.
-    fn reload_config(&mut self) -> Result<()> {
+    fn reload_config(&mut self) -> Result<(), ReloadError> {
         tell_reloading();
         let result = self.apply_config();
         tell_systemd(&[NotifyState::Ready]);
         result
     }
 
-    /// Re-read the config file; apply it only if it is valid.
-    fn apply_config(&mut self) -> Result<()> {
-        let config = Config::from_file(&self.config_path)?;
-        let plan = plan_reload(&self.config, &config)?;
+    /// Re-read the config file and apply it. An invalid config, or one
+    /// that changes what only a restart changes, is refused whole
+    /// ([`ReloadError::Refused`]). Otherwise each pair is applied on its
+    /// own: one that fails to start stays out, one that fails to update
+    /// keeps its settings, the others take theirs, and the stored config
+    /// is what runs, so status and the next reload start from the truth.
+    fn apply_config(&mut self) -> Result<(), ReloadError> {
+        let config =
+            Config::from_file(&self.config_path).map_err(|e| ReloadError::Refused(e.into()))?;
+        let plan =
+            plan_reload(&self.config, &config).map_err(|e| ReloadError::Refused(e.into()))?;
         for name in &plan.removed {
             tracing::info!(pair = %name, "pair removed by reload");
             self.pairs.remove(name);
         }
+        let (mut failed, mut errors) = (Vec::new(), Vec::new());
         for pair in &config.pairs {
-            if plan.added.contains(&pair.name) {
-                self.pairs
-                    .insert(pair.name.clone(), PairRuntime::start(pair)?);
+            let outcome = if plan.added.contains(&pair.name) {
+                PairRuntime::start(pair).map(|p| {
+                    self.pairs.insert(pair.name.clone(), p);
+                })
             } else if let Some(p) = self.pairs.get_mut(&pair.name) {
-                p.reconfigure(pair)?;
+                p.reconfigure(pair)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = outcome {
+                tracing::error!(pair = %pair.name, "reload: {e:#}");
+                errors.push(format!("pair {:?}: {e:#}", pair.name));
+                failed.push(pair.name.clone());
             }
         }
-        if plan.restart_pairing {
+        let config = running_config(config, &self.config, &failed);
+        let restart_pairing = repairing_needed(&self.config, &config);
+        if restart_pairing {
             // Which devices make which pair may change: start pairing afresh.
             // The links go first, in the datapath thread, so that the XDP
             // programs are gone before the devices are opened again.
@@ -474,10 +492,26 @@ impl Daemon {
             self.pairing = Pairing::new(pair_specs(&config), config.failback);
         }
         self.config = config;
-        tracing::info!("configuration reloaded");
         self.update_pairing();
-        Ok(())
+        if errors.is_empty() {
+            tracing::info!("configuration reloaded");
+            Ok(())
+        } else {
+            Err(ReloadError::Partial(errors))
+        }
     }
+}
+
+/// Why a reload did not apply in full.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error("reload refused, running config kept: {0:#}")]
+    Refused(anyhow::Error),
+    #[error(
+        "reload applied except for these, which run what they ran before (or, if new, do not \
+         run): {}", .0.join("; ")
+    )]
+    Partial(Vec<String>),
 }
 
 impl Drop for Daemon {

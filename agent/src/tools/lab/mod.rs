@@ -27,6 +27,9 @@
 //! when a test panics. A process killed with SIGKILL cannot clean up: [`Lab::cleanup_stale`]
 //! removes what such a process left behind.
 //!
+//! [`Lab::kernel_failover`] gives the guest kernel a failover device of its own, so that its
+//! TCP can go through the same migration as the stack's: see [`KernelFailover`].
+//!
 //! Caveat: a namespace lives on, nameless, while a thread is still inside it or a socket
 //! opened in it is still open. Join [`Lab::spawn_in`] threads and close their sockets before
 //! the lab is dropped, or their veths outlive it.
@@ -46,12 +49,19 @@ use std::sync::{mpsc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::os::fd::AsFd;
+
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::kill;
 use nix::unistd::{geteuid, Pid};
 pub use vfailover_netstack::mac::MacAddr;
+use vfailover_netstack::monitor::{LinkEvent, LinkMonitor};
+use vfailover_netstack::sys::packet;
+use vfailover_netstack::wire::announce;
+
+use crate::capture;
 
 /// The userspace stack's IPv4 address in the lab (prefix [`PREFIX_V4`]).
 pub const STACK_V4: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 20);
@@ -78,6 +88,8 @@ pub const PRIMARY_FAR: &str = "h-vf0";
 pub const STANDBY_FAR: &str = "h-virtio0";
 /// The bridge in the src, dst and tor namespaces.
 pub const BRIDGE: &str = "br0";
+/// The guest kernel's failover stand-in in the guest namespace (see [`KernelFailover`]).
+pub const KERNEL_BRIDGE: &str = "kfo0";
 /// A host's link to the tor switch (in the src and dst namespaces).
 pub const UPLINK: &str = "uplink";
 /// The tor port towards the src host.
@@ -169,6 +181,9 @@ struct State {
     standby: Ns,
     /// Whether `virtio0` exists (see [`Lab::unplug_standby`]).
     standby_plugged: bool,
+    /// Whether [`KernelFailover`] holds the guest kernel's address on its bridge: a
+    /// replugged `vf0` then stays without it.
+    kernel_failover: bool,
 }
 
 /// A running lab. All methods take `&self`, so threads can share it (one migrates while
@@ -203,6 +218,7 @@ impl Lab {
                 primary: None,
                 standby: Ns::Src,
                 standby_plugged: false,
+                kernel_failover: false,
             }),
         };
         // On error `lab` is dropped here, which deletes the namespaces made so far.
@@ -242,21 +258,7 @@ impl Lab {
         }
 
         for (ns, ageing) in [(Ns::Src, None), (Ns::Dst, None), (Ns::Tor, Some(ageing_cs))] {
-            let ageing = ageing.map(|cs| cs.to_string());
-            let mut args = vec!["link", "add", BRIDGE, "type", "bridge"];
-            args.extend([
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-                "mcast_snooping",
-                "0",
-            ]);
-            if let Some(ageing) = &ageing {
-                args.extend(["ageing_time", ageing]);
-            }
-            self.ip(ns, &args)?;
-            self.ip(ns, &["link", "set", BRIDGE, "up"])?;
+            self.add_bridge(ns, BRIDGE, None, ageing)?;
         }
 
         for (host, port) in [(Ns::Src, TOR_SRC_PORT), (Ns::Dst, TOR_DST_PORT)] {
@@ -283,9 +285,34 @@ impl Lab {
 
         self.plug_standby(Ns::Src)?;
         self.state().standby_plugged = true;
-        self.plug_primary(Ns::Src)?;
+        self.plug_primary(Ns::Src, true)?;
         self.state().primary = Some(Ns::Src);
         Ok(())
+    }
+
+    /// A bridge `name` in `ns`, up: no STP, no forwarding delay, no multicast snooping (a
+    /// switch that forwards at once and says nothing itself), with `mac` and an FDB ageing
+    /// time in centiseconds if given.
+    fn add_bridge(
+        &self,
+        ns: Ns,
+        name: &str,
+        mac: Option<MacAddr>,
+        ageing_cs: Option<u32>,
+    ) -> Result<()> {
+        let mac = mac.map(|m| m.to_string());
+        let ageing = ageing_cs.map(|cs| cs.to_string());
+        let mut args = vec!["link", "add", name];
+        if let Some(mac) = &mac {
+            args.extend(["address", mac]);
+        }
+        args.extend(["type", "bridge", "stp_state", "0", "forward_delay", "0"]);
+        args.extend(["mcast_snooping", "0"]);
+        if let Some(ageing) = &ageing {
+            args.extend(["ageing_time", ageing]);
+        }
+        self.ip(ns, &args)?;
+        self.ip(ns, &["link", "set", name, "up"]).map(drop)
     }
 
     /// `ip -n A link add a [address MAC] type veth peer name b netns B`: both ends are born
@@ -315,13 +342,22 @@ impl Lab {
             .map(drop)
     }
 
-    /// A new `vf0` with the pair's MAC, far end on `host`'s bridge, kernel address on it.
-    fn plug_primary(&self, host: Ns) -> Result<()> {
+    /// A new `vf0` with the pair's MAC, far end on `host`'s bridge, and the kernel address
+    /// on it if `kernel_address` (not while [`KernelFailover`] holds the address).
+    fn plug_primary(&self, host: Ns, kernel_address: bool) -> Result<()> {
         self.veth(Ns::Guest, PRIMARY, Some(self.mac), host, PRIMARY_FAR)?;
         self.bridge_port(host, PRIMARY_FAR)?;
         self.ip(Ns::Guest, &["link", "set", PRIMARY, "up"])?;
+        if kernel_address {
+            self.kernel_address_on(PRIMARY)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the guest kernel's address on `ifname` (`replace`: also if it is there already).
+    fn kernel_address_on(&self, ifname: &str) -> Result<()> {
         let addr = format!("{GUEST_KERNEL_V4}/{PREFIX_V4}");
-        self.ip(Ns::Guest, &["addr", "add", &addr, "dev", PRIMARY])
+        self.ip(Ns::Guest, &["addr", "replace", &addr, "dev", ifname])
             .map(drop)
     }
 
@@ -359,15 +395,15 @@ impl Lab {
         self.settle()
     }
 
-    /// Plugs a new primary: `vf0` with the same MAC and the guest kernel address, far end
-    /// on the bridge of the host the standby is on now.
+    /// Plugs a new primary: `vf0` with the same MAC and the guest kernel address (unless
+    /// [`KernelFailover`] holds it), far end on the bridge of the host the standby is on now.
     pub fn replug(&self) -> Result<()> {
         let mut st = self.state();
         if st.primary.is_some() {
             bail!("the primary {PRIMARY} is still plugged");
         }
         let host = st.standby;
-        if let Err(e) = self.plug_primary(host) {
+        if let Err(e) = self.plug_primary(host, !st.kernel_failover) {
             // Leave no half-made vf0 behind, so a retry can start clean.
             let _ = self.ip(Ns::Guest, &["link", "del", PRIMARY]);
             return Err(e);
@@ -403,6 +439,29 @@ impl Lab {
         st.standby_plugged = true;
         drop(st);
         self.settle()
+    }
+
+    /// Gives the guest kernel a failover device of its own: [`KERNEL_BRIDGE`] over `vf0`
+    /// (active) and `virtio0` (disabled), holding the kernel's address. Both NICs must be
+    /// plugged. Drive the migration through the returned [`KernelFailover`]; dropping it (or
+    /// [`KernelFailover::stop`]) gives the address back to `vf0` and deletes the bridge.
+    pub fn kernel_failover(&self) -> Result<KernelFailover<'_>> {
+        {
+            let mut st = self.state();
+            if st.kernel_failover {
+                bail!("the guest kernel's failover stand-in is already up");
+            }
+            if st.primary.is_none() || !st.standby_plugged {
+                bail!("the kernel's failover stand-in needs {PRIMARY} and {STANDBY} plugged");
+            }
+            st.kernel_failover = true;
+        }
+        // From here on, dropping `standin` restores the lab, also if a step below fails.
+        let standin = KernelFailover { lab: self };
+        standin
+            .build()
+            .context("setting up the guest kernel's failover stand-in")?;
+        Ok(standin)
     }
 
     /// Wait (at most 3 s) until every link of the lab is operationally up.
@@ -652,6 +711,193 @@ impl Drop for Lab {
             eprintln!("vfailover lab {}: {e:#}", self.prefix);
         }
     }
+}
+
+/// The guest kernel's failover device in the lab, a stand-in for `net_failover` (which the
+/// lab cannot have: its NICs are veths, not a virtio-net device with `VIRTIO_NET_F_STANDBY`)
+/// built from a Linux bridge, [`KERNEL_BRIDGE`], in the guest namespace.
+///
+/// Why a bridge: an active-backup bond or team would be the usual stand-in, but the lab
+/// machine's kernel may have neither module; the bridge is always there. It mimics
+/// `net_failover` like this:
+///
+/// - the bridge has the pair's MAC and the kernel's address, as `net_failover`'s master
+///   does; `vf0` and `virtio0` are its ports;
+/// - exactly one port forwards, the other is *disabled* (bridge port state 0): the kernel
+///   sends through one NIC, and no frame goes round through the host's bridge and back in
+///   through the other (an L2 loop). The ports learn no MACs, so the kernel's frames are
+///   flooded, which reaches the forwarding port alone;
+/// - [`KernelFailover::unplug`]: a watcher hears rtnetlink say `vf0` went and enables
+///   `virtio0`'s port. `net_failover` switches inside the kernel at once; the watcher takes
+///   a few milliseconds of userspace (it runs `bridge`), and frames the kernel sends
+///   meanwhile are lost;
+/// - [`KernelFailover::migrate`]: after [`Lab::migrate`], one gratuitous ARP for the
+///   kernel's address from the bridge, as `netdev_notify_peers` sends when the device has
+///   `VIRTIO_NET_F_GUEST_ANNOUNCE`;
+/// - [`KernelFailover::replug`]: `virtio0`'s port is disabled and the new `vf0` (no
+///   address: the bridge keeps it) joins as the forwarding port.
+///
+/// Where it is unlike `net_failover`: a disabled port drops what it receives, where
+/// `net_failover` takes frames from both slaves. After the replug the host's bridge still
+/// sends the peer's frames to `virtio0` until the kernel's first frame through `vf0`
+/// teaches it otherwise; a kernel that is only waiting for the peer sends that frame when
+/// its retransmission timer fires. That inflates the replug stall. Two designs that would
+/// avoid it failed on the lab machine: both ports forwarding but *isolated*, the passive
+/// one out of the bridge's floods (the kernel's replies to frames that came in through
+/// `virtio0` never left through `vf0`: seen with ping, kernel 6.18), and a VLAN per port
+/// inside the bridge (no `vlan_filtering` in that kernel).
+pub struct KernelFailover<'a> {
+    lab: &'a Lab,
+}
+
+impl KernelFailover<'_> {
+    fn build(&self) -> Result<()> {
+        let lab = self.lab;
+        lab.add_bridge(Ns::Guest, KERNEL_BRIDGE, Some(lab.mac), None)?;
+        // The standby joins and is disabled before the primary joins: at no moment do two
+        // ports forward.
+        self.join(STANDBY)?;
+        set_forwarding(&lab.ns_name(Ns::Guest), STANDBY, false)?;
+        self.join(PRIMARY)?;
+        let addr = format!("{GUEST_KERNEL_V4}/{PREFIX_V4}");
+        lab.ip(Ns::Guest, &["addr", "del", &addr, "dev", PRIMARY])?;
+        lab.kernel_address_on(KERNEL_BRIDGE)?;
+        lab.settle()
+    }
+
+    /// Makes `ifname` a port of the bridge that learns no MACs. It is down while it joins
+    /// and learning is turned off: a port that is up forwards (and learns) at once. A MAC
+    /// learned on a port stays there when the port is disabled, and the kernel would send
+    /// to it, into nothing.
+    fn join(&self, ifname: &str) -> Result<()> {
+        let lab = self.lab;
+        lab.ip(Ns::Guest, &["link", "set", ifname, "down"])?;
+        lab.ip(Ns::Guest, &["link", "set", ifname, "master", KERNEL_BRIDGE])?;
+        bridge_port(&lab.ns_name(Ns::Guest), ifname, &["learning", "off"])?;
+        lab.ip(Ns::Guest, &["link", "set", ifname, "up"]).map(drop)
+    }
+
+    /// Unplugs `vf0` ([`Lab::unplug`]) while a watcher in the guest namespace waits for
+    /// rtnetlink to say so and then makes `virtio0` the active port. Returns the watcher's
+    /// reaction time, from the event to `virtio0` taking the kernel's frames.
+    pub fn unplug(&self) -> Result<Duration> {
+        let ns_name = self.lab.ns_name(Ns::Guest);
+        let watcher = self.lab.spawn_in(Ns::Guest, move || -> Result<_> {
+            let Some(heard) = wait_for_loss(PRIMARY)? else {
+                return Ok(None);
+            };
+            set_forwarding(&ns_name, STANDBY, true)?;
+            Ok(Some(
+                SystemTime::now().duration_since(heard).unwrap_or_default(),
+            ))
+        })?;
+        let unplugged = self.lab.unplug();
+        let reaction = watcher
+            .join()
+            .map_err(|_| anyhow!("the failover stand-in's watcher panicked"))?;
+        unplugged?;
+        reaction?.ok_or_else(|| anyhow!("the watcher heard nothing of {PRIMARY} going in 5 s"))
+    }
+
+    /// Migrates ([`Lab::migrate`]), then announces the kernel's address: one gratuitous ARP
+    /// sent on the bridge (which forwards it through `virtio0`).
+    pub fn migrate(&self) -> Result<()> {
+        self.lab.migrate()?;
+        let garp = announce::gratuitous_arp(self.lab.mac, GUEST_KERNEL_V4);
+        self.lab.in_ns(Ns::Guest, move || -> Result<()> {
+            let socket = capture::open(KERNEL_BRIDGE)?;
+            packet::send(socket.as_fd(), &garp)
+                .with_context(|| format!("sending a gratuitous ARP on {KERNEL_BRIDGE}"))
+        })?
+    }
+
+    /// Replugs ([`Lab::replug`]), then disables `virtio0`'s port and makes the new `vf0`
+    /// the forwarding one (in this order, for the reason in `build`; the kernel's frames
+    /// sent in the milliseconds between are lost).
+    pub fn replug(&self) -> Result<()> {
+        self.lab.replug()?;
+        set_forwarding(&self.lab.ns_name(Ns::Guest), STANDBY, false)?;
+        self.join(PRIMARY)
+    }
+
+    /// Takes the stand-in down: deletes the bridge and gives the kernel's address back to
+    /// `vf0` (if plugged; else [`Lab::replug`] will). Dropping it does the same.
+    pub fn stop(self) -> Result<()> {
+        self.restore()
+    }
+
+    /// Idempotent: the lab's flag says whether there is anything left to undo.
+    fn restore(&self) -> Result<()> {
+        let lab = self.lab;
+        let mut st = lab.state();
+        if !st.kernel_failover {
+            return Ok(());
+        }
+        if lab.links(Ns::Guest)?.iter().any(|l| l == KERNEL_BRIDGE) {
+            lab.ip(Ns::Guest, &["link", "del", KERNEL_BRIDGE])?;
+        }
+        if st.primary.is_some() {
+            lab.kernel_address_on(PRIMARY)?;
+        }
+        st.kernel_failover = false;
+        Ok(())
+    }
+}
+
+impl Drop for KernelFailover<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.restore() {
+            eprintln!("vfailover lab {}: {e:#}", self.lab.prefix);
+        }
+    }
+}
+
+/// Makes `ifname`, a port of [`KERNEL_BRIDGE`] in the namespace `ns_name`, forwarding or
+/// disabled (bridge port states 3 and 0).
+fn set_forwarding(ns_name: &str, ifname: &str, forwarding: bool) -> Result<()> {
+    bridge_port(
+        ns_name,
+        ifname,
+        &["state", if forwarding { "3" } else { "0" }],
+    )
+}
+
+/// `bridge -n <ns_name> link set dev <ifname> <settings>`. Not `ip link set ... type
+/// bridge_slave`: that ends in a NETDEV_CHANGE on the port, on which the bridge enables a
+/// disabled port that has carrier again.
+fn bridge_port(ns_name: &str, ifname: &str, settings: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("bridge");
+    cmd.args(["-n", ns_name, "link", "set", "dev", ifname])
+        .args(settings);
+    run_checked(&mut cmd).map(drop)
+}
+
+/// Wait (at most 5 s) for rtnetlink to say `ifname` went down or away in
+/// this thread's namespace; returns when it did. Run it with
+/// [`Lab::spawn_in`] before deleting the link: `spawn_in` returns once the
+/// thread is inside the namespace; the listener opens a moment later,
+/// which the milliseconds that `ip link del` takes to start cover.
+pub fn wait_for_loss(ifname: &str) -> Result<Option<SystemTime>> {
+    let mut monitor = LinkMonitor::open().context("opening an rtnetlink listener")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let mut seen = None;
+        monitor.read(|event| {
+            let name = match event {
+                LinkEvent::Removed { ifname, .. } => ifname,
+                LinkEvent::Changed(state) if !(state.up && state.carrier) => state.ifname,
+                _ => None,
+            };
+            if name.as_deref() == Some(ifname) && seen.is_none() {
+                seen = Some(SystemTime::now());
+            }
+        })?;
+        if seen.is_some() {
+            return Ok(seen);
+        }
+        monitor.wait(Duration::from_millis(50))?;
+    }
+    Ok(None)
 }
 
 /// Whether a test that needs root (namespaces, XDP) can run here. Outside

@@ -49,7 +49,7 @@ fn a_tiny_bench_writes_the_table() {
         "migration signal → first gratuitous ARP",
         "| TCP resend | MiB echoed | MiB/s |",
         "| TCP resend | SACK | after unplug | after migrate |",
-        "| guest kernel TCP (bridge as active-backup, GARP after migration) | on |",
+        "| guest kernel TCP (address moved to the NIC in use, GARP after migration) | on |",
         "| aim | measured | met |",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");

@@ -75,13 +75,13 @@ fn write_resend(out: &mut String, r: &ResendResult) -> std::fmt::Result {
          repeated ACKs instead of waiting for its RTO. The last row is the guest kernel's own \
          TCP in the same run on the same veths, after the stack is gone: the peer streams to a \
          kernel echo server on {GUEST_KERNEL_V4} through the same unplug → migrate → replug. The \
-         lab has no `net_failover` (and no bonding module), so a bridge in the guest namespace \
-         stands in for it: the kernel's address on the bridge, `vf0` the forwarding port, \
-         `virtio0` a disabled one; a watcher enables `virtio0`'s port when rtnetlink reports \
-         `vf0` gone (a few ms of userspace that `net_failover` does without), one gratuitous \
-         ARP from the bridge after the migration (as `VIRTIO_NET_F_GUEST_ANNOUNCE` would have \
-         the kernel send; the QEMU test saw none for the master's address), and the new `vf0` \
-         the forwarding port again after the replug.\n"
+         lab has no `net_failover` (and no bonding module), so the kernel's address follows \
+         the NIC in use, which Linux TCP follows: a watcher puts it on `virtio0` when \
+         rtnetlink reports `vf0` gone (a few ms of userspace that `net_failover` does \
+         without), one gratuitous ARP goes out on `virtio0` after the migration (as \
+         `VIRTIO_NET_F_GUEST_ANNOUNCE` would have the kernel send; the QEMU test saw none for \
+         the master's address, so this favours the kernel), and after the replug the address \
+         is on the new `vf0` alone.\n"
     )?;
     table_header(
         out,
@@ -133,7 +133,7 @@ fn write_resend(out: &mut String, r: &ResendResult) -> std::fmt::Result {
     if let Some(Err(e)) = &r.kernel {
         writeln!(
             out,
-            "| guest kernel TCP (bridge as active-backup, GARP after migration) | on | \
+            "| guest kernel TCP (address moved to the NIC in use, GARP after migration) | on | \
              failed: {} | | | **no** |",
             e.replace('|', "/")
         )?;
@@ -141,14 +141,14 @@ fn write_resend(out: &mut String, r: &ResendResult) -> std::fmt::Result {
     if let Some(Ok(k)) = &r.kernel {
         writeln!(
             out,
-            "| guest kernel TCP (bridge as active-backup, GARP after migration) | on | {} | {} |",
+            "| guest kernel TCP (address moved to the NIC in use, GARP after migration) | on | {} | {} |",
             stall_cells(&k.stalls),
             yes_no(k.byte_exact)
         )?;
         writeln!(
             out,
-            "\nThe stand-in's watcher enabled `virtio0`'s port {} ms after the rtnetlink event \
-             of the unplug.",
+            "\nThe stand-in's watcher had the kernel's address on `virtio0` {} ms after the \
+             rtnetlink event of the unplug.",
             ms(k.reaction)
         )?;
     }

@@ -57,8 +57,8 @@ pub struct KernelStallRun {
     pub byte_exact: bool,
     /// How long the stream ran.
     pub duration: Duration,
-    /// From the rtnetlink event of the unplug to the stand-in's standby
-    /// port forwarding: userspace time that `net_failover` does not take.
+    /// From the rtnetlink event of the unplug to the kernel's address on
+    /// the standby: userspace time that `net_failover` does not take.
     pub reaction: Duration,
 }
 
@@ -162,7 +162,7 @@ pub fn measure(lab: &Lab, guest: &GuestStack, bytes: u64, cpus: Cpus) -> Result<
 /// The failover run of [`measure`] (unplug → migrate → replug around a
 /// gated echo stream of `bytes`) against the guest kernel's own TCP: the
 /// peer streams to a kernel echo server on the guest kernel's address
-/// (pinned to `cpu`), which [`Lab::kernel_failover`]'s bridge moves from
+/// (pinned to `cpu`), whose address [`Lab::kernel_failover`] moves from
 /// `vf0` to `virtio0` and back. Needs both NICs plugged and no stack on
 /// them; the lab is as before when it returns.
 pub fn kernel_stalls(lab: &Lab, bytes: u64, cpu: usize) -> Result<KernelStallRun> {

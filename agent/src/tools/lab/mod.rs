@@ -88,8 +88,6 @@ pub const PRIMARY_FAR: &str = "h-vf0";
 pub const STANDBY_FAR: &str = "h-virtio0";
 /// The bridge in the src, dst and tor namespaces.
 pub const BRIDGE: &str = "br0";
-/// The guest kernel's failover stand-in in the guest namespace (see [`KernelFailover`]).
-pub const KERNEL_BRIDGE: &str = "kfo0";
 /// A host's link to the tor switch (in the src and dst namespaces).
 pub const UPLINK: &str = "uplink";
 /// The tor port towards the src host.
@@ -181,8 +179,8 @@ struct State {
     standby: Ns,
     /// Whether `virtio0` exists (see [`Lab::unplug_standby`]).
     standby_plugged: bool,
-    /// Whether [`KernelFailover`] holds the guest kernel's address on its bridge: a
-    /// replugged `vf0` then stays without it.
+    /// Whether a [`KernelFailover`] is up (it may have moved the kernel's address to
+    /// `virtio0`).
     kernel_failover: bool,
 }
 
@@ -258,7 +256,21 @@ impl Lab {
         }
 
         for (ns, ageing) in [(Ns::Src, None), (Ns::Dst, None), (Ns::Tor, Some(ageing_cs))] {
-            self.add_bridge(ns, BRIDGE, None, ageing)?;
+            let ageing = ageing.map(|cs| cs.to_string());
+            let mut args = vec!["link", "add", BRIDGE, "type", "bridge"];
+            args.extend([
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+                "mcast_snooping",
+                "0",
+            ]);
+            if let Some(ageing) = &ageing {
+                args.extend(["ageing_time", ageing]);
+            }
+            self.ip(ns, &args)?;
+            self.ip(ns, &["link", "set", BRIDGE, "up"])?;
         }
 
         for (host, port) in [(Ns::Src, TOR_SRC_PORT), (Ns::Dst, TOR_DST_PORT)] {
@@ -285,34 +297,9 @@ impl Lab {
 
         self.plug_standby(Ns::Src)?;
         self.state().standby_plugged = true;
-        self.plug_primary(Ns::Src, true)?;
+        self.plug_primary(Ns::Src)?;
         self.state().primary = Some(Ns::Src);
         Ok(())
-    }
-
-    /// A bridge `name` in `ns`, up: no STP, no forwarding delay, no multicast snooping (a
-    /// switch that forwards at once and says nothing itself), with `mac` and an FDB ageing
-    /// time in centiseconds if given.
-    fn add_bridge(
-        &self,
-        ns: Ns,
-        name: &str,
-        mac: Option<MacAddr>,
-        ageing_cs: Option<u32>,
-    ) -> Result<()> {
-        let mac = mac.map(|m| m.to_string());
-        let ageing = ageing_cs.map(|cs| cs.to_string());
-        let mut args = vec!["link", "add", name];
-        if let Some(mac) = &mac {
-            args.extend(["address", mac]);
-        }
-        args.extend(["type", "bridge", "stp_state", "0", "forward_delay", "0"]);
-        args.extend(["mcast_snooping", "0"]);
-        if let Some(ageing) = &ageing {
-            args.extend(["ageing_time", ageing]);
-        }
-        self.ip(ns, &args)?;
-        self.ip(ns, &["link", "set", name, "up"]).map(drop)
     }
 
     /// `ip -n A link add a [address MAC] type veth peer name b netns B`: both ends are born
@@ -342,16 +329,12 @@ impl Lab {
             .map(drop)
     }
 
-    /// A new `vf0` with the pair's MAC, far end on `host`'s bridge, and the kernel address
-    /// on it if `kernel_address` (not while [`KernelFailover`] holds the address).
-    fn plug_primary(&self, host: Ns, kernel_address: bool) -> Result<()> {
+    /// A new `vf0` with the pair's MAC, far end on `host`'s bridge, kernel address on it.
+    fn plug_primary(&self, host: Ns) -> Result<()> {
         self.veth(Ns::Guest, PRIMARY, Some(self.mac), host, PRIMARY_FAR)?;
         self.bridge_port(host, PRIMARY_FAR)?;
         self.ip(Ns::Guest, &["link", "set", PRIMARY, "up"])?;
-        if kernel_address {
-            self.kernel_address_on(PRIMARY)?;
-        }
-        Ok(())
+        self.kernel_address_on(PRIMARY)
     }
 
     /// Puts the guest kernel's address on `ifname` (`replace`: also if it is there already).
@@ -395,15 +378,15 @@ impl Lab {
         self.settle()
     }
 
-    /// Plugs a new primary: `vf0` with the same MAC and the guest kernel address (unless
-    /// [`KernelFailover`] holds it), far end on the bridge of the host the standby is on now.
+    /// Plugs a new primary: `vf0` with the same MAC and the guest kernel address, far end
+    /// on the bridge of the host the standby is on now.
     pub fn replug(&self) -> Result<()> {
         let mut st = self.state();
         if st.primary.is_some() {
             bail!("the primary {PRIMARY} is still plugged");
         }
         let host = st.standby;
-        if let Err(e) = self.plug_primary(host, !st.kernel_failover) {
+        if let Err(e) = self.plug_primary(host) {
             // Leave no half-made vf0 behind, so a retry can start clean.
             let _ = self.ip(Ns::Guest, &["link", "del", PRIMARY]);
             return Err(e);
@@ -441,10 +424,10 @@ impl Lab {
         self.settle()
     }
 
-    /// Gives the guest kernel a failover device of its own: [`KERNEL_BRIDGE`] over `vf0`
-    /// (active) and `virtio0` (disabled), holding the kernel's address. Both NICs must be
-    /// plugged. Drive the migration through the returned [`KernelFailover`]; dropping it (or
-    /// [`KernelFailover::stop`]) gives the address back to `vf0` and deletes the bridge.
+    /// Gives the guest kernel a failover of its own ([`KernelFailover`]): its address follows
+    /// the NIC in use. Both NICs must be plugged. Drive the migration through the returned
+    /// [`KernelFailover`]; dropping it (or [`KernelFailover::stop`]) leaves the address on
+    /// `vf0` alone, as the lab has it.
     pub fn kernel_failover(&self) -> Result<KernelFailover<'_>> {
         {
             let mut st = self.state();
@@ -456,12 +439,7 @@ impl Lab {
             }
             st.kernel_failover = true;
         }
-        // From here on, dropping `standin` restores the lab, also if a step below fails.
-        let standin = KernelFailover { lab: self };
-        standin
-            .build()
-            .context("setting up the guest kernel's failover stand-in")?;
-        Ok(standin)
+        Ok(KernelFailover { lab: self })
     }
 
     /// Wait (at most 3 s) until every link of the lab is operationally up.
@@ -713,80 +691,48 @@ impl Drop for Lab {
     }
 }
 
-/// The guest kernel's failover device in the lab, a stand-in for `net_failover` (which the
-/// lab cannot have: its NICs are veths, not a virtio-net device with `VIRTIO_NET_F_STANDBY`)
-/// built from a Linux bridge, [`KERNEL_BRIDGE`], in the guest namespace.
+/// The guest kernel's failover in the lab: a stand-in for `net_failover` (which the lab
+/// cannot have: its NICs are veths, not a virtio-net device with `VIRTIO_NET_F_STANDBY`), so
+/// that the kernel's own TCP goes through the same migration as the stack's.
 ///
-/// Why a bridge: an active-backup bond or team would be the usual stand-in, but the lab
-/// machine's kernel may have neither module; the bridge is always there. It mimics
-/// `net_failover` like this:
+/// It moves the kernel's address to the NIC in use, which Linux TCP follows: a socket is
+/// bound to an address, not to a device, and a packet for a local address is taken on any
+/// device. Why not a device over both NICs: the lab machine's kernel may have no bonding or
+/// team module, and a bridge over both either loops frames through the hosts or, with the
+/// standby's port disabled, drops what the host still sends there (`net_failover` takes
+/// frames from both slaves); tried, and the kernel's stream stalled for good at the replug.
 ///
-/// - the bridge has the pair's MAC and the kernel's address, as `net_failover`'s master
-///   does; `vf0` and `virtio0` are its ports;
-/// - exactly one port forwards, the other is *disabled* (bridge port state 0): the kernel
-///   sends through one NIC, and no frame goes round through the host's bridge and back in
-///   through the other (an L2 loop). The ports learn no MACs, so the kernel's frames are
-///   flooded, which reaches the forwarding port alone;
-/// - [`KernelFailover::unplug`]: a watcher hears rtnetlink say `vf0` went and enables
-///   `virtio0`'s port. `net_failover` switches inside the kernel at once; the watcher takes
-///   a few milliseconds of userspace (it runs `bridge`), and frames the kernel sends
-///   meanwhile are lost;
-/// - [`KernelFailover::migrate`]: after [`Lab::migrate`], one gratuitous ARP for the
-///   kernel's address from the bridge, as `netdev_notify_peers` sends when the device has
-///   `VIRTIO_NET_F_GUEST_ANNOUNCE`;
-/// - [`KernelFailover::replug`]: `virtio0`'s port is disabled and the new `vf0` (no
-///   address: the bridge keeps it) joins as the forwarding port.
+/// - [`KernelFailover::unplug`]: the address goes with `vf0`; a watcher hears rtnetlink say
+///   so and puts it on `virtio0`. `net_failover` switches inside the kernel at once; the
+///   watcher takes a few milliseconds (it runs `ip`), and what the kernel sends meanwhile
+///   has no route.
+/// - [`KernelFailover::migrate`]: after [`Lab::migrate`], one gratuitous ARP for the address
+///   on `virtio0`, as `netdev_notify_peers` sends for a device with
+///   `VIRTIO_NET_F_GUEST_ANNOUNCE`. (The real one goes out on the virtio netdev, which has
+///   no address, so it announces nothing: this favours the kernel.)
+/// - [`KernelFailover::replug`]: [`Lab::replug`] puts the address on the new `vf0`, as
+///   always; then it leaves `virtio0`, so the kernel sends through `vf0`.
 ///
-/// Where it is unlike `net_failover`: a disabled port drops what it receives, where
-/// `net_failover` takes frames from both slaves. After the replug the host's bridge still
-/// sends the peer's frames to `virtio0` until the kernel's first frame through `vf0`
-/// teaches it otherwise; a kernel that is only waiting for the peer sends that frame when
-/// its retransmission timer fires. That inflates the replug stall. Two designs that would
-/// avoid it failed on the lab machine: both ports forwarding but *isolated*, the passive
-/// one out of the bridge's floods (the kernel's replies to frames that came in through
-/// `virtio0` never left through `vf0`: seen with ping, kernel 6.18), and a VLAN per port
-/// inside the bridge (no `vlan_filtering` in that kernel).
+/// Unlike `net_failover`, the kernel resolves the peer's MAC again on each NIC: one ARP
+/// round trip, well under a millisecond here.
 pub struct KernelFailover<'a> {
     lab: &'a Lab,
 }
 
 impl KernelFailover<'_> {
-    fn build(&self) -> Result<()> {
-        let lab = self.lab;
-        lab.add_bridge(Ns::Guest, KERNEL_BRIDGE, Some(lab.mac), None)?;
-        // The standby joins and is disabled before the primary joins: at no moment do two
-        // ports forward.
-        self.join(STANDBY)?;
-        set_forwarding(&lab.ns_name(Ns::Guest), STANDBY, false)?;
-        self.join(PRIMARY)?;
-        let addr = format!("{GUEST_KERNEL_V4}/{PREFIX_V4}");
-        lab.ip(Ns::Guest, &["addr", "del", &addr, "dev", PRIMARY])?;
-        lab.kernel_address_on(KERNEL_BRIDGE)?;
-        lab.settle()
-    }
-
-    /// Makes `ifname` a port of the bridge that learns no MACs. It is down while it joins
-    /// and learning is turned off: a port that is up forwards (and learns) at once. A MAC
-    /// learned on a port stays there when the port is disabled, and the kernel would send
-    /// to it, into nothing.
-    fn join(&self, ifname: &str) -> Result<()> {
-        let lab = self.lab;
-        lab.ip(Ns::Guest, &["link", "set", ifname, "down"])?;
-        lab.ip(Ns::Guest, &["link", "set", ifname, "master", KERNEL_BRIDGE])?;
-        bridge_port(&lab.ns_name(Ns::Guest), ifname, &["learning", "off"])?;
-        lab.ip(Ns::Guest, &["link", "set", ifname, "up"]).map(drop)
-    }
-
     /// Unplugs `vf0` ([`Lab::unplug`]) while a watcher in the guest namespace waits for
-    /// rtnetlink to say so and then makes `virtio0` the active port. Returns the watcher's
-    /// reaction time, from the event to `virtio0` taking the kernel's frames.
+    /// rtnetlink to say so and then puts the kernel's address on `virtio0`. Returns the
+    /// watcher's reaction time, from the event to the address being there.
     pub fn unplug(&self) -> Result<Duration> {
         let ns_name = self.lab.ns_name(Ns::Guest);
         let watcher = self.lab.spawn_in(Ns::Guest, move || -> Result<_> {
             let Some(heard) = wait_for_loss(PRIMARY)? else {
                 return Ok(None);
             };
-            set_forwarding(&ns_name, STANDBY, true)?;
+            let addr = format!("{GUEST_KERNEL_V4}/{PREFIX_V4}");
+            run_checked(
+                Command::new("ip").args(["-n", &ns_name, "addr", "replace", &addr, "dev", STANDBY]),
+            )?;
             Ok(Some(
                 SystemTime::now().duration_since(heard).unwrap_or_default(),
             ))
@@ -800,30 +746,40 @@ impl KernelFailover<'_> {
     }
 
     /// Migrates ([`Lab::migrate`]), then announces the kernel's address: one gratuitous ARP
-    /// sent on the bridge (which forwards it through `virtio0`).
+    /// on `virtio0`.
     pub fn migrate(&self) -> Result<()> {
         self.lab.migrate()?;
         let garp = announce::gratuitous_arp(self.lab.mac, GUEST_KERNEL_V4);
         self.lab.in_ns(Ns::Guest, move || -> Result<()> {
-            let socket = capture::open(KERNEL_BRIDGE)?;
+            let socket = capture::open(STANDBY)?;
             packet::send(socket.as_fd(), &garp)
-                .with_context(|| format!("sending a gratuitous ARP on {KERNEL_BRIDGE}"))
+                .with_context(|| format!("sending a gratuitous ARP on {STANDBY}"))
         })?
     }
 
-    /// Replugs ([`Lab::replug`]), then disables `virtio0`'s port and makes the new `vf0`
-    /// the forwarding one (in this order, for the reason in `build`; the kernel's frames
-    /// sent in the milliseconds between are lost).
+    /// Replugs ([`Lab::replug`], which puts the kernel's address on the new `vf0`), then
+    /// takes the address off `virtio0`.
     pub fn replug(&self) -> Result<()> {
         self.lab.replug()?;
-        set_forwarding(&self.lab.ns_name(Ns::Guest), STANDBY, false)?;
-        self.join(PRIMARY)
+        self.off_standby()
     }
 
-    /// Takes the stand-in down: deletes the bridge and gives the kernel's address back to
-    /// `vf0` (if plugged; else [`Lab::replug`] will). Dropping it does the same.
+    /// Takes the stand-in down: the kernel's address stays on `vf0` alone (if plugged; else
+    /// [`Lab::replug`] will put it there). Dropping it does the same.
     pub fn stop(self) -> Result<()> {
         self.restore()
+    }
+
+    fn off_standby(&self) -> Result<()> {
+        let addr = format!("{GUEST_KERNEL_V4}/{PREFIX_V4}");
+        let on_standby = self
+            .lab
+            .ip(Ns::Guest, &["-o", "addr", "show", "dev", STANDBY])?;
+        if on_standby.contains(&format!(" {addr} ")) {
+            self.lab
+                .ip(Ns::Guest, &["addr", "del", &addr, "dev", STANDBY])?;
+        }
+        Ok(())
     }
 
     /// Idempotent: the lab's flag says whether there is anything left to undo.
@@ -833,11 +789,11 @@ impl KernelFailover<'_> {
         if !st.kernel_failover {
             return Ok(());
         }
-        if lab.links(Ns::Guest)?.iter().any(|l| l == KERNEL_BRIDGE) {
-            lab.ip(Ns::Guest, &["link", "del", KERNEL_BRIDGE])?;
-        }
         if st.primary.is_some() {
             lab.kernel_address_on(PRIMARY)?;
+        }
+        if st.standby_plugged {
+            self.off_standby()?;
         }
         st.kernel_failover = false;
         Ok(())
@@ -850,26 +806,6 @@ impl Drop for KernelFailover<'_> {
             eprintln!("vfailover lab {}: {e:#}", self.lab.prefix);
         }
     }
-}
-
-/// Makes `ifname`, a port of [`KERNEL_BRIDGE`] in the namespace `ns_name`, forwarding or
-/// disabled (bridge port states 3 and 0).
-fn set_forwarding(ns_name: &str, ifname: &str, forwarding: bool) -> Result<()> {
-    bridge_port(
-        ns_name,
-        ifname,
-        &["state", if forwarding { "3" } else { "0" }],
-    )
-}
-
-/// `bridge -n <ns_name> link set dev <ifname> <settings>`. Not `ip link set ... type
-/// bridge_slave`: that ends in a NETDEV_CHANGE on the port, on which the bridge enables a
-/// disabled port that has carrier again.
-fn bridge_port(ns_name: &str, ifname: &str, settings: &[&str]) -> Result<()> {
-    let mut cmd = Command::new("bridge");
-    cmd.args(["-n", ns_name, "link", "set", "dev", ifname])
-        .args(settings);
-    run_checked(&mut cmd).map(drop)
 }
 
 /// Wait (at most 5 s) for rtnetlink to say `ifname` went down or away in

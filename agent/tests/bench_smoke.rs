@@ -34,6 +34,10 @@ fn a_tiny_bench_writes_the_table() {
         r.stalls.len() == 3 && r.stalls.iter().all(|s| s.byte_exact && s.stalls.len() == 3),
         "{r:?}"
     );
+    assert!(
+        r.kernel.is_some(),
+        "the guest kernel's run is missing: {r:?}"
+    );
     let text = std::fs::read_to_string(&output).unwrap();
     for needle in [
         "| payload | server | requests/s |",
@@ -45,6 +49,7 @@ fn a_tiny_bench_writes_the_table() {
         "migration signal → first gratuitous ARP",
         "| TCP resend | MiB echoed | MiB/s |",
         "| TCP resend | SACK | after unplug | after migrate |",
+        "| guest kernel TCP (address moved to the NIC in use, GARP after migration) | on |",
         "| aim | measured | met |",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");

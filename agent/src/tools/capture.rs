@@ -113,7 +113,9 @@ pub fn capture_until(
     Ok(seen)
 }
 
-fn open(ifname: &str) -> Result<OwnedFd> {
+/// A raw AF_PACKET socket bound to `ifname` (in the calling thread's
+/// namespace), for every protocol: to capture on, or to send frames from.
+pub fn open(ifname: &str) -> Result<OwnedFd> {
     let socket = packet::open(packet::ETH_P_ALL, false).context("opening an AF_PACKET socket")?;
     let ifindex = nix::net::if_::if_nametoindex(ifname)
         .with_context(|| format!("no interface {ifname} here"))?;

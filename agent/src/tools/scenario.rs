@@ -18,12 +18,12 @@ use vfailover_netstack::datapath::{DatapathHandle, DatapathOptions};
 use vfailover_netstack::link::packet::PacketLink;
 use vfailover_netstack::link::xdp::{XdpConfig, XdpLink};
 use vfailover_netstack::link::{Link, LinkMode};
-use vfailover_netstack::monitor::{LinkEvent, LinkMonitor};
 use vfailover_netstack::resend::ResendLimits;
 use vfailover_netstack::stack::{Buffers, ServiceConfig, ServiceKind, Stack, StackConfig};
 use vfailover_netstack::stats::{Path, Stats};
 
-use crate::lab::{Lab, Ns, PEER_V4, PREFIX_V4, PREFIX_V6, PRIMARY, STACK_V4, STACK_V6, STANDBY};
+use crate::lab::{wait_for_loss, Lab, Ns, PEER_V4, PREFIX_V4, PREFIX_V6, PRIMARY, STACK_V4};
+use crate::lab::{STACK_V6, STANDBY};
 
 /// The port of the stack's echo services (TCP and UDP).
 pub const ECHO_PORT: u16 = 7;
@@ -283,8 +283,9 @@ pub fn longest_stall(stalls: &[Stall], from: Instant, to: Instant) -> Option<Dur
         .max()
 }
 
-/// A TCP echo stream from the peer to the stack's echo service that a
-/// driver moves through `steps` steps (unplug, migrate, ...).
+/// A TCP echo stream from the peer to an echo service (the stack's, or a
+/// kernel one) that a driver moves through `steps` steps (unplug, migrate,
+/// ...).
 ///
 /// Step k (1-based) begins once k/(steps+1) of the stream is written; the
 /// writer waits for it to be done before passing (k+½)/(steps+1). So each
@@ -305,7 +306,19 @@ pub struct GatedStream {
 }
 
 impl GatedStream {
+    /// A stream to the stack's echo service.
     pub fn start(lab: &Lab, bytes: u64, steps: usize) -> Result<GatedStream> {
+        let stack_echo = SocketAddr::new(STACK_V4.into(), ECHO_PORT);
+        GatedStream::start_to(lab, stack_echo, bytes, steps)
+    }
+
+    /// A stream to the echo service at `target`.
+    pub fn start_to(
+        lab: &Lab,
+        target: SocketAddr,
+        bytes: u64,
+        steps: usize,
+    ) -> Result<GatedStream> {
         let written = Arc::new(AtomicU64::new(0));
         let steps_done = Arc::new(AtomicUsize::new(0));
         let aborted = Arc::new(AtomicBool::new(false));
@@ -320,7 +333,9 @@ impl GatedStream {
                 origin: started,
                 resumed: Arc::new(AtomicU64::new(0)),
             };
-            lab.spawn_in(Ns::Peer, move || echo_stream(bytes, steps, &progress))?
+            lab.spawn_in(Ns::Peer, move || {
+                echo_stream(target, bytes, steps, &progress)
+            })?
         };
         Ok(GatedStream {
             bytes,
@@ -411,56 +426,103 @@ impl GatedStream {
     }
 }
 
+/// The longest stall after each step (see [`StepRecord::longest_stall`]).
+pub type StepStalls = Vec<(Step, Option<Duration>)>;
+
+/// The steps of a migration, in order.
+pub const STEPS: [Step; 3] = [Step::Unplug, Step::Migrate, Step::Replug];
+
+/// Drive `stream` (started with 3 steps) through [`STEPS`]: each step
+/// begins at its gate, `act` does it (given the bytes written by then),
+/// and the writer goes on once it is done. Returns how the stream ended and
+/// each step's longest stall, from its beginning to the next step's (or the
+/// end). `context` explains a stream that failed. On an error before the
+/// end the stream is aborted (its threads joined).
+pub fn run_steps(
+    stream: GatedStream,
+    context: impl Fn() -> String,
+    mut act: impl FnMut(Step, u64) -> Result<()>,
+) -> Result<(StreamEnd, StepStalls)> {
+    let mut began = Vec::new();
+    for (i, step) in STEPS.into_iter().enumerate() {
+        let done = stream
+            .wait_for_step(i + 1)
+            .with_context(&context)
+            .and_then(|written| {
+                began.push(Instant::now());
+                act(step, written).with_context(|| format!("step {step:?}"))
+            });
+        if let Err(e) = done {
+            // A stream that ended on its own knows why: say it.
+            return Err(match stream.is_finished() {
+                true => match stream.finish() {
+                    Err(why) => why.context(format!("{e:#}")),
+                    Ok(_) => e,
+                },
+                false => {
+                    stream.abort();
+                    e
+                }
+            });
+        }
+        stream.step_done();
+    }
+    let end = stream.finish().with_context(&context)?;
+    let ended = Instant::now();
+    let stalls = STEPS
+        .into_iter()
+        .enumerate()
+        .map(|(k, step)| {
+            let until = began.get(k + 1).copied().unwrap_or(ended);
+            (step, end.longest_stall(began[k], until))
+        })
+        .collect();
+    Ok((end, stalls))
+}
+
 /// Run a TCP echo stream of `bytes` from the peer to the guest stack and
 /// unplug, migrate (and announce) and replug at ¼, ½ and ¾ of it.
 pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Report> {
-    let stream = GatedStream::start(lab, bytes, 3)?;
+    let stream = GatedStream::start(lab, bytes, STEPS.len())?;
     let mut steps = Vec::new();
-    let mut began = Vec::new();
     let mut unplug_at = None;
     let mut event_at = None;
     let mut announced = 0;
-    for (i, step) in [Step::Unplug, Step::Migrate, Step::Replug]
-        .into_iter()
-        .enumerate()
-    {
-        let written = stream
-            .wait_for_step(i + 1)
-            .with_context(|| datapath_state(guest))?;
-        began.push(Instant::now());
-        let record = StepRecord {
-            step,
-            at: SystemTime::now(),
-            written,
-            stats_before: guest.stats()?,
-            longest_stall: None,
-        };
-        match step {
-            Step::Unplug => {
-                let listener = lab.spawn_in(Ns::Guest, || wait_for_loss(PRIMARY))?;
-                unplug_at = Some(record.at);
-                lab.unplug()?;
-                event_at = listener
-                    .join()
-                    .map_err(|_| anyhow!("the rtnetlink listener panicked"))??;
+    let (end, stalls) = run_steps(
+        stream,
+        || datapath_state(guest),
+        |step, written| {
+            let record = StepRecord {
+                step,
+                at: SystemTime::now(),
+                written,
+                stats_before: guest.stats()?,
+                longest_stall: None,
+            };
+            match step {
+                Step::Unplug => {
+                    let listener = lab.spawn_in(Ns::Guest, || wait_for_loss(PRIMARY))?;
+                    unplug_at = Some(record.at);
+                    lab.unplug()?;
+                    event_at = listener
+                        .join()
+                        .map_err(|_| anyhow!("the rtnetlink listener panicked"))??;
+                }
+                Step::Migrate => {
+                    lab.migrate()?;
+                    announced = guest.announce()?;
+                }
+                Step::Replug => {
+                    lab.replug()?;
+                    guest.attach_primary(lab)?;
+                }
             }
-            Step::Migrate => {
-                lab.migrate()?;
-                announced = guest.announce()?;
-            }
-            Step::Replug => {
-                lab.replug()?;
-                guest.attach_primary(lab)?;
-            }
-        }
-        steps.push(record);
-        stream.step_done();
-    }
-    let end = stream.finish().with_context(|| datapath_state(guest))?;
-    let ended = Instant::now();
-    for (k, step) in steps.iter_mut().enumerate() {
-        let until = began.get(k + 1).copied().unwrap_or(ended);
-        step.longest_stall = end.longest_stall(began[k], until);
+            steps.push(record);
+            Ok(())
+        },
+    )?;
+    for (record, (_, stall)) in steps.iter_mut().zip(stalls) {
+        record.longest_stall = stall;
     }
     let StreamEnd {
         sent_sha256,
@@ -490,34 +552,6 @@ pub fn failover_transfer(lab: &Lab, guest: &GuestStack, bytes: u64) -> Result<Re
         announced,
         modes: guest.modes()?,
     })
-}
-
-/// Wait (at most 5 s) for rtnetlink to say `ifname` went down or away in
-/// this thread's namespace; returns when it did. Run it with
-/// [`Lab::spawn_in`] before deleting the link: `spawn_in` returns once the
-/// thread is inside the namespace; the listener opens a moment later,
-/// which the milliseconds that `ip link del` takes to start cover.
-pub fn wait_for_loss(ifname: &str) -> Result<Option<SystemTime>> {
-    let mut monitor = LinkMonitor::open().context("opening an rtnetlink listener")?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        let mut seen = None;
-        monitor.read(|event| {
-            let name = match event {
-                LinkEvent::Removed { ifname, .. } => ifname,
-                LinkEvent::Changed(state) if !(state.up && state.carrier) => state.ifname,
-                _ => None,
-            };
-            if name.as_deref() == Some(ifname) && seen.is_none() {
-                seen = Some(SystemTime::now());
-            }
-        })?;
-        if seen.is_some() {
-            return Ok(seen);
-        }
-        monitor.wait(Duration::from_millis(50))?;
-    }
-    Ok(None)
 }
 
 /// The datapath's path and counters, to explain a failed run.
@@ -563,16 +597,17 @@ impl Progress {
     }
 }
 
-/// The peer's side: write `bytes` to the echo service from one thread and
-/// read them back on another; returns both SHA-256 digests (hex) and the
-/// reader's stalls.
+/// The peer's side: write `bytes` to the echo service at `target` from one
+/// thread and read them back on another; returns both SHA-256 digests (hex)
+/// and the reader's stalls.
 fn echo_stream(
+    target: SocketAddr,
     bytes: u64,
     steps: usize,
     progress: &Progress,
 ) -> Result<(String, String, Vec<Stall>)> {
-    let stream = TcpStream::connect_timeout(&SocketAddr::new(STACK_V4.into(), ECHO_PORT), STALL)
-        .context("connecting to the stack's echo service")?;
+    let stream = TcpStream::connect_timeout(&target, STALL)
+        .with_context(|| format!("connecting to the echo service at {target}"))?;
     stream.set_read_timeout(Some(STALL))?;
     stream.set_write_timeout(Some(STALL))?;
     *progress.socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream.try_clone()?);
@@ -596,7 +631,7 @@ fn echo_stream(
                 .read(&mut buf)
                 .with_context(|| format!("reading the echo after {got} bytes"))?;
             if n == 0 {
-                bail!("the stack closed the connection after {got} bytes");
+                bail!("the echo service closed the connection after {got} bytes");
             }
             let now = Instant::now();
             let from = if outstanding {

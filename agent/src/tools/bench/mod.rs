@@ -10,7 +10,9 @@
 //!    stack's filter sits on `vf0`, the kernel again: the same client
 //!    against both, one after the other;
 //! 3. TCP again with segmentation offloads off on every lab veth;
-//! 4. unplug/replug cycles under UDP traffic ([`failover`]);
+//! 4. unplug/replug cycles under UDP traffic ([`failover`]), the TCP resend
+//!    ([`resend`]) and, once the stack is gone, the same failover run with
+//!    the guest kernel's own TCP over the lab's failover stand-in;
 //! 5. the daemon (`vfailover run`) in the guest namespace: idle CPU and
 //!    memory, the same under load, and migration signal → first
 //!    gratuitous ARP on the wire ([`agent`]).
@@ -269,7 +271,7 @@ fn run_in(
             udp_rows.push((size, Server::KernelAlone, r));
         }
         echo.stop()?;
-        let discard = tcp::KernelDiscard::start(lab, kernel_discard, cpus.server)?;
+        let discard = tcp::KernelTcp::start(lab, kernel_discard, cpus.server, tcp::Serve::Discard)?;
         tcp_rows.push((Offloads::Lab, Server::KernelAlone, tcp_row(kernel_discard)?));
         discard.stop()?;
     }
@@ -291,7 +293,7 @@ fn run_in(
         }
         echo.stop()?;
     }
-    let discard = tcp::KernelDiscard::start(lab, kernel_discard, cpus.server)?;
+    let discard = tcp::KernelTcp::start(lab, kernel_discard, cpus.server, tcp::Serve::Discard)?;
     tcp_rows.push((Offloads::Lab, Server::Stack, tcp_row(stack_discard)?));
     tcp_rows.push((
         Offloads::Lab,
@@ -310,12 +312,16 @@ fn run_in(
     progress(&format!("{} unplug/replug cycles", options.cycles));
     let failover = failover::cycles(lab, &guest, options.cycles, cpus)?;
     progress("TCP echo and failover with the TCP resend on and off");
-    let resend = resend::measure(lab, &guest, options.tcp_max_bytes.min(64 << 20), cpus)?;
+    let resend_bytes = options.tcp_max_bytes.min(64 << 20);
+    let mut resend = resend::measure(lab, &guest, resend_bytes, cpus)?;
     drop(guest);
     // The replugged vf0 is a new device with default offloads.
     tcp::offloads_off(lab)?;
     tcp_rows.push((Offloads::Off, Server::KernelAlone, tcp_row(kernel_discard)?));
     discard.stop()?;
+    progress("the guest kernel's TCP through the same failover");
+    let kernel = resend::kernel_stalls(lab, resend_bytes, cpus.server);
+    resend.kernel = Some(kernel.map_err(|e| format!("{e:#}")));
 
     progress("the daemon: idle, load, announce");
     let daemon = agent::measure(lab, options, cpus)?;

@@ -8,6 +8,7 @@ use super::failover::Sample;
 use super::resend::ResendResult;
 use super::{Offloads, Results, Server, Summary};
 use crate::lab::GUEST_KERNEL_V4;
+use crate::scenario::Step;
 
 fn us(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e6)
@@ -71,9 +72,16 @@ fn write_resend(out: &mut String, r: &ResendResult) -> std::fmt::Result {
          an unplug → migrate → replug run (as `vfailover lab`) to the next; `–` is none of 2 ms \
          or more. With SACK off the stack takes SACK-permitted out of the peer's SYN \
          (`tcp_sack = false`): a peer that lost segments in the switch then retransmits on the \
-         repeated ACKs instead of waiting for its RTO. The guest kernel has no failover device in \
-         this lab (its address is on `vf0` alone), so it has no row here: see `tests/qemu` for \
-         the kernel's `net_failover`.\n"
+         repeated ACKs instead of waiting for its RTO. The last row is the guest kernel's own \
+         TCP in the same run on the same veths, after the stack is gone: the peer streams to a \
+         kernel echo server on {GUEST_KERNEL_V4} through the same unplug → migrate → replug. The \
+         lab has no `net_failover` (and no bonding module), so the kernel's address follows \
+         the NIC in use, which Linux TCP follows: a watcher puts it on `virtio0` when \
+         rtnetlink reports `vf0` gone (a few ms of userspace that `net_failover` does \
+         without), one gratuitous ARP goes out on `virtio0` after the migration (as \
+         `VIRTIO_NET_F_GUEST_ANNOUNCE` would have the kernel send; the QEMU test saw none for \
+         the master's address, so this favours the kernel), and after the replug the address \
+         is on the new `vf0` alone.\n"
     )?;
     table_header(
         out,
@@ -112,22 +120,56 @@ fn write_resend(out: &mut String, r: &ResendResult) -> std::fmt::Result {
         2,
     )?;
     for run in &r.stalls {
-        let cells: Vec<String> = run
-            .stalls
-            .iter()
-            .map(|(_, d)| d.map_or("–".into(), |d| format!("{} ms", ms(d))))
-            .collect();
         let on_off = |b: bool| if b { "on" } else { "off" };
         writeln!(
             out,
             "| {} | {} | {} | {} |",
             on_off(run.resend),
             on_off(run.sack),
-            cells.join(" | "),
-            if run.byte_exact { "yes" } else { "**no**" }
+            stall_cells(&run.stalls),
+            yes_no(run.byte_exact)
+        )?;
+    }
+    if let Some(Err(e)) = &r.kernel {
+        writeln!(
+            out,
+            "| guest kernel TCP (address moved to the NIC in use, GARP after migration) | on | \
+             failed: {} | | | **no** |",
+            e.replace('|', "/")
+        )?;
+    }
+    if let Some(Ok(k)) = &r.kernel {
+        writeln!(
+            out,
+            "| guest kernel TCP (address moved to the NIC in use, GARP after migration) | on | {} | {} |",
+            stall_cells(&k.stalls),
+            yes_no(k.byte_exact)
+        )?;
+        writeln!(
+            out,
+            "\nThe stand-in's watcher had the kernel's address on `virtio0` {} ms after the \
+             rtnetlink event of the unplug.",
+            ms(k.reaction)
         )?;
     }
     Ok(())
+}
+
+/// A stall table's step cells: the longest stall in ms, `–` for none.
+fn stall_cells(stalls: &[(Step, Option<Duration>)]) -> String {
+    stalls
+        .iter()
+        .map(|(_, d)| d.map_or("–".into(), |d| format!("{} ms", ms(d))))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "**no**"
+    }
 }
 
 fn write_all(out: &mut String, r: &Results) -> std::fmt::Result {

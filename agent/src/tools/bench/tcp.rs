@@ -2,7 +2,8 @@
 //! (the stack's `tcp-discard`, or a kernel one in the guest namespace) for
 //! a fixed time, half-closes, and waits for the server's FIN; throughput is
 //! the bytes written over the time to that FIN, so everything written has
-//! been received.
+//! been received. [`KernelTcp`] also echoes, for the kernel's failover run
+//! ([`super::resend::kernel_stalls`]).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -19,7 +20,7 @@ use crate::lab::{TOR_PEER_PORT, TOR_SRC_PORT, UPLINK};
 
 /// How long the server may take to acknowledge the end of the stream.
 const DRAIN: Duration = Duration::from_secs(10);
-/// How long the kernel discard server may run at most.
+/// How long the kernel TCP server may run at most.
 const SERVER_LIFETIME: Duration = Duration::from_secs(600);
 
 /// What one row measured.
@@ -85,15 +86,23 @@ fn client(to: SocketAddr, duration: Duration, max_bytes: u64) -> Result<(u64, Du
     Ok((bytes, start.elapsed()))
 }
 
-/// A kernel discard server on its own thread in the guest namespace,
-/// pinned to one CPU; it serves one connection at a time until stopped.
-pub struct KernelDiscard {
+/// What a [`KernelTcp`] server does with the bytes it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    Discard,
+    /// Writes them back.
+    Echo,
+}
+
+/// A kernel TCP server on its own thread in the guest namespace, pinned to
+/// one CPU; it serves one connection at a time until stopped.
+pub struct KernelTcp {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<Result<u64>>,
 }
 
-impl KernelDiscard {
-    pub fn start(lab: &Lab, addr: SocketAddr, cpu: usize) -> Result<KernelDiscard> {
+impl KernelTcp {
+    pub fn start(lab: &Lab, addr: SocketAddr, cpu: usize, serve: Serve) -> Result<KernelTcp> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -114,12 +123,12 @@ impl KernelDiscard {
                     return Err(e);
                 }
             };
-            serve_discard(&listener, &flag)
+            serve_connections(&listener, &flag, serve)
         })?;
         ready_rx
             .recv()
-            .context("the kernel discard server died while starting")??;
-        Ok(KernelDiscard { stop, thread })
+            .context("the kernel TCP server died while starting")??;
+        Ok(KernelTcp { stop, thread })
     }
 
     /// Stop the server; returns the bytes it received in all.
@@ -127,11 +136,11 @@ impl KernelDiscard {
         self.stop.store(true, Ordering::Release);
         self.thread
             .join()
-            .map_err(|_| anyhow!("the kernel discard server panicked"))?
+            .map_err(|_| anyhow!("the kernel TCP server panicked"))?
     }
 }
 
-fn serve_discard(listener: &TcpListener, stop: &AtomicBool) -> Result<u64> {
+fn serve_connections(listener: &TcpListener, stop: &AtomicBool, serve: Serve) -> Result<u64> {
     let deadline = Instant::now() + SERVER_LIFETIME;
     let mut total = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
@@ -146,10 +155,17 @@ fn serve_discard(listener: &TcpListener, stop: &AtomicBool) -> Result<u64> {
         };
         conn.set_nonblocking(false)?;
         conn.set_read_timeout(Some(DRAIN))?;
+        // An echo's client that stops reading must not hold the server forever.
+        conn.set_write_timeout(Some(DRAIN))?;
         loop {
             match conn.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => total += n as u64,
+                Ok(n) => {
+                    total += n as u64;
+                    if serve == Serve::Echo && conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 // A client that vanished ends its connection, not the server.
                 Err(_) => break,

@@ -27,6 +27,9 @@
 //! when a test panics. A process killed with SIGKILL cannot clean up: [`Lab::cleanup_stale`]
 //! removes what such a process left behind.
 //!
+//! [`Lab::kernel_failover`] gives the guest kernel a failover device of its own, so that its
+//! TCP can go through the same migration as the stack's: see [`KernelFailover`].
+//!
 //! Caveat: a namespace lives on, nameless, while a thread is still inside it or a socket
 //! opened in it is still open. Join [`Lab::spawn_in`] threads and close their sockets before
 //! the lab is dropped, or their veths outlive it.
@@ -46,12 +49,19 @@ use std::sync::{mpsc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::os::fd::AsFd;
+
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::kill;
 use nix::unistd::{geteuid, Pid};
 pub use vfailover_netstack::mac::MacAddr;
+use vfailover_netstack::monitor::{LinkEvent, LinkMonitor};
+use vfailover_netstack::sys::packet;
+use vfailover_netstack::wire::announce;
+
+use crate::capture;
 
 /// The userspace stack's IPv4 address in the lab (prefix [`PREFIX_V4`]).
 pub const STACK_V4: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 20);
@@ -169,6 +179,9 @@ struct State {
     standby: Ns,
     /// Whether `virtio0` exists (see [`Lab::unplug_standby`]).
     standby_plugged: bool,
+    /// Whether a [`KernelFailover`] is up (it may have moved the kernel's address to
+    /// `virtio0`).
+    kernel_failover: bool,
 }
 
 /// A running lab. All methods take `&self`, so threads can share it (one migrates while
@@ -203,6 +216,7 @@ impl Lab {
                 primary: None,
                 standby: Ns::Src,
                 standby_plugged: false,
+                kernel_failover: false,
             }),
         };
         // On error `lab` is dropped here, which deletes the namespaces made so far.
@@ -320,8 +334,13 @@ impl Lab {
         self.veth(Ns::Guest, PRIMARY, Some(self.mac), host, PRIMARY_FAR)?;
         self.bridge_port(host, PRIMARY_FAR)?;
         self.ip(Ns::Guest, &["link", "set", PRIMARY, "up"])?;
+        self.kernel_address_on(PRIMARY)
+    }
+
+    /// Puts the guest kernel's address on `ifname` (`replace`: also if it is there already).
+    fn kernel_address_on(&self, ifname: &str) -> Result<()> {
         let addr = format!("{GUEST_KERNEL_V4}/{PREFIX_V4}");
-        self.ip(Ns::Guest, &["addr", "add", &addr, "dev", PRIMARY])
+        self.ip(Ns::Guest, &["addr", "replace", &addr, "dev", ifname])
             .map(drop)
     }
 
@@ -403,6 +422,24 @@ impl Lab {
         st.standby_plugged = true;
         drop(st);
         self.settle()
+    }
+
+    /// Gives the guest kernel a failover of its own ([`KernelFailover`]): its address follows
+    /// the NIC in use. Both NICs must be plugged. Drive the migration through the returned
+    /// [`KernelFailover`]; dropping it (or [`KernelFailover::stop`]) leaves the address on
+    /// `vf0` alone, as the lab has it.
+    pub fn kernel_failover(&self) -> Result<KernelFailover<'_>> {
+        {
+            let mut st = self.state();
+            if st.kernel_failover {
+                bail!("the guest kernel's failover stand-in is already up");
+            }
+            if st.primary.is_none() || !st.standby_plugged {
+                bail!("the kernel's failover stand-in needs {PRIMARY} and {STANDBY} plugged");
+            }
+            st.kernel_failover = true;
+        }
+        Ok(KernelFailover { lab: self })
     }
 
     /// Wait (at most 3 s) until every link of the lab is operationally up.
@@ -652,6 +689,151 @@ impl Drop for Lab {
             eprintln!("vfailover lab {}: {e:#}", self.prefix);
         }
     }
+}
+
+/// The guest kernel's failover in the lab: a stand-in for `net_failover` (which the lab
+/// cannot have: its NICs are veths, not a virtio-net device with `VIRTIO_NET_F_STANDBY`), so
+/// that the kernel's own TCP goes through the same migration as the stack's.
+///
+/// It moves the kernel's address to the NIC in use, which Linux TCP follows: a socket is
+/// bound to an address, not to a device, and a packet for a local address is taken on any
+/// device. Why not a device over both NICs: the lab machine's kernel may have no bonding or
+/// team module, and a bridge over both either loops frames through the hosts or, with the
+/// standby's port disabled, drops what the host still sends there (`net_failover` takes
+/// frames from both slaves); tried, and the kernel's stream stalled for good at the replug.
+///
+/// - [`KernelFailover::unplug`]: the address goes with `vf0`; a watcher hears rtnetlink say
+///   so and puts it on `virtio0`. `net_failover` switches inside the kernel at once; the
+///   watcher takes a few milliseconds (it runs `ip`), and what the kernel sends meanwhile
+///   has no route.
+/// - [`KernelFailover::migrate`]: after [`Lab::migrate`], one gratuitous ARP for the address
+///   on `virtio0`, as `netdev_notify_peers` sends for a device with
+///   `VIRTIO_NET_F_GUEST_ANNOUNCE`. (The real one goes out on the virtio netdev, which has
+///   no address, so it announces nothing: this favours the kernel.)
+/// - [`KernelFailover::replug`]: [`Lab::replug`] puts the address on the new `vf0`, as
+///   always; then it leaves `virtio0`, so the kernel sends through `vf0`.
+///
+/// Unlike `net_failover`, the kernel resolves the peer's MAC again on each NIC: one ARP
+/// round trip, well under a millisecond here.
+pub struct KernelFailover<'a> {
+    lab: &'a Lab,
+}
+
+impl KernelFailover<'_> {
+    /// Unplugs `vf0` ([`Lab::unplug`]) while a watcher in the guest namespace waits for
+    /// rtnetlink to say so and then puts the kernel's address on `virtio0`. Returns the
+    /// watcher's reaction time, from the event to the address being there.
+    pub fn unplug(&self) -> Result<Duration> {
+        let ns_name = self.lab.ns_name(Ns::Guest);
+        let watcher = self.lab.spawn_in(Ns::Guest, move || -> Result<_> {
+            let Some(heard) = wait_for_loss(PRIMARY)? else {
+                return Ok(None);
+            };
+            let addr = format!("{GUEST_KERNEL_V4}/{PREFIX_V4}");
+            run_checked(
+                Command::new("ip").args(["-n", &ns_name, "addr", "replace", &addr, "dev", STANDBY]),
+            )?;
+            Ok(Some(
+                SystemTime::now().duration_since(heard).unwrap_or_default(),
+            ))
+        })?;
+        let unplugged = self.lab.unplug();
+        let reaction = watcher
+            .join()
+            .map_err(|_| anyhow!("the failover stand-in's watcher panicked"))?;
+        unplugged?;
+        reaction?.ok_or_else(|| anyhow!("the watcher heard nothing of {PRIMARY} going in 5 s"))
+    }
+
+    /// Migrates ([`Lab::migrate`]), then announces the kernel's address: one gratuitous ARP
+    /// on `virtio0`.
+    pub fn migrate(&self) -> Result<()> {
+        self.lab.migrate()?;
+        let garp = announce::gratuitous_arp(self.lab.mac, GUEST_KERNEL_V4);
+        self.lab.in_ns(Ns::Guest, move || -> Result<()> {
+            let socket = capture::open(STANDBY)?;
+            packet::send(socket.as_fd(), &garp)
+                .with_context(|| format!("sending a gratuitous ARP on {STANDBY}"))
+        })?
+    }
+
+    /// Replugs ([`Lab::replug`], which puts the kernel's address on the new `vf0`), then
+    /// takes the address off `virtio0`.
+    pub fn replug(&self) -> Result<()> {
+        self.lab.replug()?;
+        self.off_standby()
+    }
+
+    /// Takes the stand-in down: the kernel's address stays on `vf0` alone (if plugged; else
+    /// [`Lab::replug`] will put it there). Dropping it does the same.
+    pub fn stop(self) -> Result<()> {
+        self.restore()
+    }
+
+    fn off_standby(&self) -> Result<()> {
+        let addr = format!("{GUEST_KERNEL_V4}/{PREFIX_V4}");
+        let on_standby = self
+            .lab
+            .ip(Ns::Guest, &["-o", "addr", "show", "dev", STANDBY])?;
+        if on_standby.contains(&format!(" {addr} ")) {
+            self.lab
+                .ip(Ns::Guest, &["addr", "del", &addr, "dev", STANDBY])?;
+        }
+        Ok(())
+    }
+
+    /// Idempotent: the lab's flag says whether there is anything left to undo.
+    fn restore(&self) -> Result<()> {
+        let lab = self.lab;
+        let mut st = lab.state();
+        if !st.kernel_failover {
+            return Ok(());
+        }
+        if st.primary.is_some() {
+            lab.kernel_address_on(PRIMARY)?;
+        }
+        if st.standby_plugged {
+            self.off_standby()?;
+        }
+        st.kernel_failover = false;
+        Ok(())
+    }
+}
+
+impl Drop for KernelFailover<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.restore() {
+            eprintln!("vfailover lab {}: {e:#}", self.lab.prefix);
+        }
+    }
+}
+
+/// Wait (at most 5 s) for rtnetlink to say `ifname` went down or away in
+/// this thread's namespace; returns when it did. Run it with
+/// [`Lab::spawn_in`] before deleting the link: `spawn_in` returns once the
+/// thread is inside the namespace; the listener opens a moment later,
+/// which the milliseconds that `ip link del` takes to start cover.
+pub fn wait_for_loss(ifname: &str) -> Result<Option<SystemTime>> {
+    let mut monitor = LinkMonitor::open().context("opening an rtnetlink listener")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let mut seen = None;
+        monitor.read(|event| {
+            let name = match event {
+                LinkEvent::Removed { ifname, .. } => ifname,
+                LinkEvent::Changed(state) if !(state.up && state.carrier) => state.ifname,
+                _ => None,
+            };
+            if name.as_deref() == Some(ifname) && seen.is_none() {
+                seen = Some(SystemTime::now());
+            }
+        })?;
+        if seen.is_some() {
+            return Ok(seen);
+        }
+        monitor.wait(Duration::from_millis(50))?;
+    }
+    Ok(None)
 }
 
 /// Whether a test that needs root (namespaces, XDP) can run here. Outside

@@ -32,8 +32,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::capture::{self, Announce};
 use crate::lab::agent::{default_pair, Agent};
-use crate::lab::{Lab, LabOptions, Ns, GUEST_KERNEL_V4, PEER_IF, PRIMARY, STACK_V4};
-use crate::scenario::{wait_for_loss, GatedStream, StreamEnd, ECHO_PORT};
+use crate::lab::{wait_for_loss, Lab, LabOptions, Ns, GUEST_KERNEL_V4, PEER_IF, PRIMARY, STACK_V4};
+use crate::scenario::{GatedStream, StreamEnd, ECHO_PORT};
 use crate::status::PairStatus;
 use report::{Mark, Probe, Report, Sample};
 

@@ -31,6 +31,7 @@ pub mod agent;
 pub mod failover;
 pub mod report;
 pub mod resend;
+pub mod resend_cost;
 pub mod tcp;
 pub mod udp;
 
@@ -45,6 +46,7 @@ use vfailover_netstack::link::LinkMode;
 
 use crate::lab::{Lab, LabOptions, Ns, GUEST_KERNEL_V4, STACK_V4};
 use crate::scenario::{GuestStack, StandbyKind, ECHO_PORT};
+use resend_cost::Workload;
 
 /// The port of the stack's and the kernel's discard services.
 pub const DISCARD_PORT: u16 = 9;
@@ -199,6 +201,8 @@ pub struct Results {
     pub tcp: Vec<(Offloads, Server, tcp::TcpResult)>,
     pub failover: failover::FailoverResult,
     pub resend: resend::ResendResult,
+    /// Echo and bulk throughput with the resend on and off.
+    pub resend_cost: Vec<resend_cost::CostRun>,
     pub daemon: agent::DaemonResult,
 }
 
@@ -311,9 +315,16 @@ fn run_in(
 
     progress(&format!("{} unplug/replug cycles", options.cycles));
     let failover = failover::cycles(lab, &guest, options.cycles, cpus)?;
-    progress("TCP echo and failover with the TCP resend on and off");
+    progress("TCP echo and bulk throughput with the TCP resend on and off");
+    // 40 windows of a twelfth of a TCP row each: 10 s per workload by default.
+    let window = (options.tcp_duration / 12).max(Duration::from_millis(20));
+    let resend_cost = [Workload::Echo, Workload::Bulk]
+        .into_iter()
+        .map(|w| resend_cost::measure(lab, &guest, w, stack_discard, window, cpus))
+        .collect::<Result<Vec<_>>>()?;
+    progress("TCP failover with the TCP resend on and off");
     let resend_bytes = options.tcp_max_bytes.min(64 << 20);
-    let mut resend = resend::measure(lab, &guest, resend_bytes, cpus)?;
+    let mut resend = resend::measure(lab, &guest, resend_bytes)?;
     drop(guest);
     // The replugged vf0 is a new device with default offloads.
     tcp::offloads_off(lab)?;
@@ -337,6 +348,7 @@ fn run_in(
         tcp: tcp_rows,
         failover,
         resend,
+        resend_cost,
         daemon,
     })
 }

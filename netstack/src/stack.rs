@@ -491,6 +491,10 @@ impl Stack {
         if listening == 0 && handles.len() < self.buffers.tcp_connections {
             let handle = self.add_tcp_socket();
             let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            // An echo sends back what it has at once: with Nagle it would
+            // hold a short tail until the peer's ACK, which a Linux peer
+            // delays 40 ms (seen as 40 ms stalls in the QEMU test's echo).
+            socket.set_nagle_enabled(kind != ServiceKind::TcpEcho);
             // The port was validated when the service was added; listen only
             // fails on port 0 or a socket that is not closed.
             if socket.listen(port).is_ok() {

@@ -478,6 +478,46 @@ fn echo_recovers_when_the_peer_stops_reading_for_a_while() {
     panic!("stalled: sent {sent}, received {received}");
 }
 
+/// The echo service does not hold a short tail back until the peer has
+/// acknowledged what it sent before (Nagle): with a peer that delays its
+/// ACKs by 200 ms, a write of a full segment and 4 bytes comes back whole
+/// within a few ms.
+#[test]
+fn the_echo_sends_a_short_tail_at_once() {
+    let mut lab = Lab::new();
+    let handle = lab.peer.add_tcp_socket();
+    let (sockets, iface) = lab.peer.sockets_and_iface();
+    let socket = sockets.get_mut::<tcp::Socket>(handle);
+    socket.set_ack_delay(Some(smoltcp::time::Duration::from_millis(200)));
+    socket.set_nagle_enabled(false);
+    socket
+        .connect(iface.context(), (IpAddress::v4(10, 0, 0, 20), 7), 40002)
+        .unwrap();
+    let message = pattern(0, 1460 + 4);
+    let mut echoed = Vec::new();
+    let mut written_at = None;
+    for _ in 0..1_000 {
+        lab.step();
+        let socket = lab.peer.sockets_mut().get_mut::<tcp::Socket>(handle);
+        if socket.may_send() && written_at.is_none() {
+            assert_eq!(socket.send_slice(&message).unwrap(), message.len());
+            written_at = Some(lab.now);
+        }
+        let mut buf = [0u8; 2048];
+        while socket.can_recv() {
+            let n = socket.recv_slice(&mut buf).unwrap();
+            echoed.extend_from_slice(&buf[..n]);
+        }
+        if echoed.len() == message.len() {
+            let waited = lab.now - written_at.unwrap();
+            assert!(waited.total_millis() <= 5, "the echo took {waited}");
+            assert_eq!(echoed, message);
+            return;
+        }
+    }
+    panic!("echoed {} of {} bytes", echoed.len(), message.len());
+}
+
 #[test]
 fn non_unicast_addresses_are_refused_not_a_panic() {
     for bad in ["224.0.0.1/4", "0.0.0.0/0", "ff02::1/16", "::/0"] {

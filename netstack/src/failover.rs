@@ -63,6 +63,11 @@ pub struct FailoverDevice {
 }
 
 impl FailoverDevice {
+    /// The IP MTU of the links.
+    pub fn mtu(&self) -> usize {
+        self.mtu
+    }
+
     /// A device with an IP MTU of `mtu` bytes over the links present at
     /// start. The first path is chosen from them and is not a switch.
     pub fn new(

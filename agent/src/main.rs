@@ -82,7 +82,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OnOff::Off)]
         guest_announce: OnOff,
         /// Let the peer use TCP SACK (`tcp_sack`); with `off` the peer
-        /// retransmits what it lost in a switch on the repeated ACKs.
+        /// retransmits what it lost in a switch on the repeated ACKs, if it
+        /// had four or more segments in flight.
         #[arg(long, value_enum, default_value_t = OnOff::On)]
         tcp_sack: OnOff,
         /// Draw the timeline (MB/s per path, unplug/migrate/replug) as SVG.

@@ -121,7 +121,8 @@ fn write_resend(out: &mut String, r: &ResendResult, cost: &[CostRun]) -> std::fm
          an unplug → migrate → replug run (as `vfailover lab`) to the next; `–` is none of 2 ms \
          or more. With SACK off the stack takes SACK-permitted out of the peer's SYN \
          (`tcp_sack = false`): a peer that lost segments in the switch then retransmits on the \
-         repeated ACKs instead of waiting for its RTO. The last row is the guest kernel's own \
+         repeated ACKs instead of waiting for its RTO, if it had four or more segments in \
+         flight (Linux counts no more duplicates than that, less one). The last row is the guest kernel's own \
          TCP in the same run on the same veths, after the stack is gone: the peer streams to a \
          kernel echo server on {GUEST_KERNEL_V4} through the same unplug → migrate → replug. The \
          lab has no `net_failover` (and no bonding module), so the kernel's address follows \

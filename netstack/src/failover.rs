@@ -19,6 +19,7 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant as SmolInstant;
 
 use crate::link::{Health, Link, LinkError};
+use crate::mac::MacAddr;
 use crate::resend::{ResendLimits, Resender};
 use crate::stats::{Path, Stats, Switch, SwitchCause};
 use crate::wire::check::check_frame;
@@ -26,6 +27,9 @@ use crate::wire::tcp::strip_sack_permitted;
 
 /// Ethernet header length; smoltcp's MTU for Ethernet includes it.
 const ETH_HEADER: usize = 14;
+/// Where an Ethernet frame's source MAC is ([`check_frame`] saw a whole
+/// header).
+const ETH_SOURCE: std::ops::Range<usize> = 6..12;
 /// Frames taken from each link per receive round, so one busy link cannot
 /// starve the other or the TX side.
 const RX_BUDGET: usize = 64;
@@ -40,6 +44,8 @@ pub struct FailoverDevice {
     path: Path,
     stats: Stats,
     addresses: Vec<IpAddr>,
+    /// The stack's MAC: frames received from it are its own, looped back.
+    mac: MacAddr,
     mtu: usize,
     rx_queue: VecDeque<Vec<u8>>,
     /// Links are read once per [`FailoverDevice::begin_round`], so a flood
@@ -68,11 +74,13 @@ impl FailoverDevice {
         self.mtu
     }
 
-    /// A device with an IP MTU of `mtu` bytes over the links present at
-    /// start. The first path is chosen from them and is not a switch.
+    /// A device for the stack with MAC `mac`, with an IP MTU of `mtu` bytes,
+    /// over the links present at start. The first path is chosen from them
+    /// and is not a switch.
     pub fn new(
         standby: Option<Box<dyn Link>>,
         primary: Option<Box<dyn Link>>,
+        mac: MacAddr,
         mtu: usize,
         resend: ResendLimits,
     ) -> Self {
@@ -83,6 +91,7 @@ impl FailoverDevice {
             path: Path::None,
             stats: Stats::default(),
             addresses: Vec::new(),
+            mac,
             mtu,
             rx_queue: VecDeque::new(),
             rx_pending_round: true,
@@ -99,6 +108,11 @@ impl FailoverDevice {
 
     pub fn path(&self) -> Path {
         self.path
+    }
+
+    /// The stack's MAC changed (a new pairing).
+    pub fn set_mac(&mut self, mac: MacAddr) {
+        self.mac = mac;
     }
 
     /// The counters, with the resender's as of now.
@@ -396,6 +410,7 @@ impl FailoverDevice {
         let queue = &mut self.rx_queue;
         let resender = &mut self.resender;
         let sack = self.tcp_sack;
+        let own = self.mac.0;
         for (path, link) in [(Path::Primary, primary), (Path::Standby, standby)] {
             let Some(link) = link.as_deref_mut() else {
                 continue;
@@ -404,6 +419,7 @@ impl FailoverDevice {
                 continue;
             };
             let result = link.recv(RX_BUDGET, &mut |frame| match check_frame(frame) {
+                Ok(()) if frame[ETH_SOURCE] == own => counters.rx_looped += 1,
                 Ok(()) => {
                     counters.rx(frame.len());
                     resender.on_received(frame);

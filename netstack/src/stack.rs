@@ -138,7 +138,8 @@ impl Stack {
         standby: Option<Box<dyn Link>>,
         primary: Option<Box<dyn Link>>,
     ) -> Result<Self, StackError> {
-        let mut device = FailoverDevice::new(standby, primary, config.mtu, config.resend);
+        let mut device =
+            FailoverDevice::new(standby, primary, config.mac, config.mtu, config.resend);
         device.set_tcp_sack(config.tcp_sack);
         let mut iface_config =
             Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac.0)));
@@ -267,6 +268,7 @@ impl Stack {
     /// Take the failover pair's MAC (known once its standby is found).
     pub fn set_mac(&mut self, mac: MacAddr) {
         self.mac = mac;
+        self.device.set_mac(mac);
         self.iface
             .set_hardware_addr(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
     }

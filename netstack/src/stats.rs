@@ -68,6 +68,11 @@ pub struct PathCounters {
     pub tx_dropped: u64,
     /// Frames refused by [`crate::wire::check`] before smoltcp saw them.
     pub rx_malformed: u64,
+    /// Frames that came in with the stack's own MAC as their source: its
+    /// broadcasts flooded back by the switch through the other link. Dropped
+    /// (a Linux bridge drops them too), or smoltcp would answer its own
+    /// gratuitous ARP.
+    pub rx_looped: u64,
 }
 
 impl PathCounters {

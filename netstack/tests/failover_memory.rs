@@ -443,6 +443,50 @@ fn announce_sends_one_frame_per_address_on_the_active_path() {
     assert_eq!(stack.device().stats().standby.tx_packets, 3);
 }
 
+/// The stack's own broadcast, flooded back by the switch through the other
+/// link, is dropped and counted: smoltcp would answer its own gratuitous
+/// ARP. A frame from another MAC is taken as before.
+#[test]
+fn frames_from_our_own_mac_are_dropped_not_answered() {
+    let (standby, mut far_standby) = MemoryLink::pair("virtio0", "x");
+    let (primary, mut far_primary) = MemoryLink::pair("vf0", "y");
+    let cfg = config(STACK_MAC, "10.0.0.20/24", vec![]);
+    let mut stack = Stack::new(&cfg, Some(Box::new(standby)), Some(Box::new(primary))).unwrap();
+    assert_eq!(stack.announce(false), 1);
+    let mut garp = Vec::new();
+    far_primary
+        .recv(16, &mut |f| garp.push(f.to_vec()))
+        .unwrap();
+    assert_eq!(garp.len(), 1, "the gratuitous ARP, on the primary");
+    let now = Instant::from_millis(0);
+    far_standby
+        .send(garp[0].len(), &mut |b| b.copy_from_slice(&garp[0]))
+        .unwrap();
+    stack.poll(now);
+    let mut answers = 0;
+    far_primary.recv(16, &mut |_| answers += 1).unwrap();
+    far_standby.recv(16, &mut |_| answers += 1).unwrap();
+    assert_eq!(answers, 0, "the stack answered its own ARP");
+    let standby_counters = stack.device().stats().standby;
+    assert_eq!(
+        (standby_counters.rx_looped, standby_counters.rx_packets),
+        (1, 0)
+    );
+
+    // The same request from another host is answered.
+    let mut other = garp[0].clone();
+    other[6..12].copy_from_slice(&PEER_MAC.0);
+    other[22..28].copy_from_slice(&PEER_MAC.0);
+    other[28..32].copy_from_slice(&[10, 0, 0, 1]);
+    far_standby
+        .send(other.len(), &mut |b| b.copy_from_slice(&other))
+        .unwrap();
+    stack.poll(now);
+    far_primary.recv(16, &mut |_| answers += 1).unwrap();
+    assert_eq!(answers, 1, "an ARP request from the peer is answered");
+    assert_eq!(stack.device().stats().standby.rx_packets, 1);
+}
+
 #[test]
 fn echo_recovers_when_the_peer_stops_reading_for_a_while() {
     let mut lab = Lab::new();
@@ -620,8 +664,13 @@ fn sack_off_takes_sack_permitted_out_of_syns() {
 
     for sack in [false, true] {
         let (standby, mut wire) = MemoryLink::pair("virtio0", "sw-standby");
-        let mut device =
-            FailoverDevice::new(Some(Box::new(standby)), None, 1500, ResendLimits::default());
+        let mut device = FailoverDevice::new(
+            Some(Box::new(standby)),
+            None,
+            STACK_MAC,
+            1500,
+            ResendLimits::default(),
+        );
         device.set_tcp_sack(sack);
         wire.send(syn.len(), &mut |b| b.copy_from_slice(&syn))
             .unwrap();

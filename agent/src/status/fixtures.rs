@@ -20,6 +20,7 @@ fn link(ifname: &str, ifindex: u32, mode: &str) -> LinkStatus {
             tx_bytes: 700,
             tx_dropped: 1,
             rx_malformed: 2,
+            rx_looped: 3,
         },
     }
 }

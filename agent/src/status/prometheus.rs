@@ -94,7 +94,7 @@ pub fn render_prometheus(status: &Status) -> String {
             1.0,
         );
     }
-    let per_link: [(&str, &str, LinkValue); 6] = [
+    let per_link: [(&str, &str, LinkValue); 7] = [
         (
             "vfailover_link_rx_packets_total",
             "Frames received for the stack.",
@@ -124,6 +124,11 @@ pub fn render_prometheus(status: &Status) -> String {
             "vfailover_link_rx_malformed_total",
             "Frames received that did not parse.",
             |l| l.counters.rx_malformed,
+        ),
+        (
+            "vfailover_link_rx_looped_total",
+            "Frames received with the stack's own MAC as source (dropped).",
+            |l| l.counters.rx_looped,
         ),
     ];
     for (name, help, value) in per_link {
@@ -406,6 +411,10 @@ mod tests {
         assert_eq!(
             series["vfailover_link_rx_malformed_total,pair=main,link=primary,ifname=vf0"],
             2.0
+        );
+        assert_eq!(
+            series["vfailover_link_rx_looped_total,pair=main,link=primary,ifname=vf0"],
+            3.0
         );
         assert_eq!(
             series["vfailover_last_switch_timestamp_seconds,pair=main"],

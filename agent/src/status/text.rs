@@ -106,6 +106,7 @@ fn render_pair(out: &mut String, pair: &PairStatus, now: f64) {
         "tx bytes",
         "tx drop",
         "malformed",
+        "looped",
     ]
     .map(String::from)];
     for (role, link) in [("primary", &pair.primary), ("standby", &pair.standby)] {
@@ -128,9 +129,10 @@ fn render_pair(out: &mut String, pair: &PairStatus, now: f64) {
                 l.counters.tx_bytes.to_string(),
                 l.counters.tx_dropped.to_string(),
                 l.counters.rx_malformed.to_string(),
+                l.counters.rx_looped.to_string(),
             ],
             None => {
-                let mut row: [String; 11] = Default::default();
+                let mut row: [String; 12] = Default::default();
                 row[0] = role;
                 row[1] = "-".into();
                 row[4] = "absent".into();
@@ -138,7 +140,7 @@ fn render_pair(out: &mut String, pair: &PairStatus, now: f64) {
             }
         });
     }
-    let widths: Vec<usize> = (0..11)
+    let widths: Vec<usize> = (0..12)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     for row in &rows {
@@ -301,7 +303,8 @@ mod tests {
                 "7",
                 "700",
                 "1",
-                "2"
+                "2",
+                "3"
             ]
         );
         assert!(table.contains("   standby  virtio0"), "{table}");

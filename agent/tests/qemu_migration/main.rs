@@ -364,9 +364,10 @@ const UNPLUG_STALL_BOUND: Duration = Duration::from_millis(300);
 /// The longest it may stand still after the guest stops for the RAM copy.
 /// Not the agent's to shorten: what the peer sent during the pause (0.3-0.5
 /// s, longer than the peer's 200 ms minimum RTO) is lost, the peer's
-/// retransmissions back off (200, 400, 800 ms...), and a SACK peer takes no
-/// duplicate ACK for a loss. A bound that still fails a connection that
-/// waits on smoltcp's timers (1 s after the resume, then 2 s...).
+/// retransmissions back off (200, 400, 800 ms...), and in that loss
+/// recovery Linux retransmits again only on its timer or on an ACK of new
+/// data, never on duplicate ACKs. A bound that still fails a connection
+/// that waits on smoltcp's timers (1 s after the resume, then 2 s...).
 const PAUSE_STALL_BOUND: Duration = Duration::from_millis(2500);
 
 fn vfailover_case(guest_announce: bool) {

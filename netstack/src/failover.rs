@@ -24,9 +24,8 @@ use crate::resend::{ResendLimits, Resender};
 use crate::stats::{Path, Stats, Switch, SwitchCause};
 use crate::wire::check::check_frame;
 use crate::wire::tcp::strip_sack_permitted;
+use crate::wire::ETHERNET_HEADER;
 
-/// Ethernet header length; smoltcp's MTU for Ethernet includes it.
-const ETH_HEADER: usize = 14;
 /// Where an Ethernet frame's source MAC is ([`check_frame`] saw a whole
 /// header).
 const ETH_SOURCE: std::ops::Range<usize> = 6..12;
@@ -522,7 +521,8 @@ impl phy::Device for FailoverDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = self.mtu + ETH_HEADER;
+        // smoltcp's MTU for Ethernet includes the header.
+        caps.max_transmission_unit = self.mtu + ETHERNET_HEADER;
         caps.max_burst_size = Some(RX_BUDGET);
         caps
     }

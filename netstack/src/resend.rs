@@ -262,9 +262,7 @@ impl Resender {
             while flow.segments.front().is_some_and(|s| s.end <= ack) {
                 if let Some(done) = flow.segments.pop_front() {
                     self.held -= done.frame.len();
-                    if self.pool.len() < POOL {
-                        self.pool.push(done.frame);
-                    }
+                    recycle(&mut self.pool, done.frame);
                 }
             }
         }
@@ -345,10 +343,15 @@ impl Resender {
         }
         self.held -= flow.held();
         for segment in flow.segments {
-            if self.pool.len() < POOL {
-                self.pool.push(segment.frame);
-            }
+            recycle(&mut self.pool, segment.frame);
         }
+    }
+}
+
+/// Keep a freed frame buffer for the next copy, up to [`POOL`] of them.
+fn recycle(pool: &mut Vec<Vec<u8>>, frame: Vec<u8>) {
+    if pool.len() < POOL {
+        pool.push(frame);
     }
 }
 

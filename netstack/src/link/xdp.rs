@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::{Health, Link, LinkError, LinkMode};
 use crate::sys;
+use crate::wire::ETHERNET_HEADER;
 use crate::xdp::xsk::{BindError, XskConfig, XskSet};
 use crate::xdp::{attached_program, AttachMode, Attachment, Filter};
 
@@ -109,8 +110,6 @@ impl std::fmt::Debug for XdpLink {
 /// First bind retry delay after EBUSY; doubled up to `MAX_BIND_BACKOFF`.
 const FIRST_BIND_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BIND_BACKOFF: Duration = Duration::from_millis(200);
-/// Ethernet header, added to the MTU for the largest frame.
-const ETH_HEADER: usize = 14;
 
 fn candidates(request: XdpModeRequest) -> &'static [LinkMode] {
     match request {
@@ -231,7 +230,7 @@ impl XdpLink {
         }
         let room = xsks.frame_room();
         let max_frame_len = match sys::ask_here(ifname, sys::mtu) {
-            Ok(mtu) => room.min(mtu as usize + ETH_HEADER),
+            Ok(mtu) => room.min(mtu as usize + ETHERNET_HEADER),
             Err(_) => room,
         };
         tracing::info!(

@@ -21,14 +21,13 @@ use pnet_packet::icmpv6::{self, Icmpv6Code, Icmpv6Packet, Icmpv6Types};
 use pnet_packet::ip::IpNextHeaderProtocols;
 use pnet_packet::ipv6::MutableIpv6Packet;
 
+use super::{ETHERNET_HEADER, IPV6_HEADER};
 use crate::mac::MacAddr;
 
-const ETH_HEADER: usize = 14;
 const ARP_LEN: usize = 28;
 const MIN_FRAME: usize = 60;
 /// NA or NS: 24 bytes of header and target, 8 of link-layer address option.
 const NDP_LEN: usize = 32;
-const IPV6_HEADER: usize = 40;
 /// Router=0, Solicited=0, Override=1.
 const NA_FLAG_OVERRIDE: u8 = 0x20;
 const ETHERTYPE_RARP: EtherType = EtherType(0x8035);
@@ -51,7 +50,7 @@ fn arp_frame(
     let mac = PnetMac::from(mac.0);
     let mut frame = vec![0u8; MIN_FRAME];
     ethernet(&mut frame, mac, PnetMac::broadcast(), ethertype);
-    let mut arp = MutableArpPacket::new(&mut frame[ETH_HEADER..ETH_HEADER + ARP_LEN])
+    let mut arp = MutableArpPacket::new(&mut frame[ETHERNET_HEADER..ETHERNET_HEADER + ARP_LEN])
         .expect("frame holds an ARP packet");
     arp.set_hardware_type(ArpHardwareTypes::Ethernet);
     arp.set_protocol_type(EtherTypes::Ipv4);
@@ -141,7 +140,7 @@ fn link_layer_option(
 /// A neighbour discovery message from `src` to the multicast group `dst`,
 /// its body written by `body`, its checksum filled in.
 fn ndp_frame(mac: MacAddr, src: Ipv6Addr, dst: Ipv6Addr, body: impl FnOnce(&mut [u8])) -> Vec<u8> {
-    let mut frame = vec![0u8; ETH_HEADER + IPV6_HEADER + NDP_LEN];
+    let mut frame = vec![0u8; ETHERNET_HEADER + IPV6_HEADER + NDP_LEN];
     let d = dst.octets();
     ethernet(
         &mut frame,
@@ -150,7 +149,7 @@ fn ndp_frame(mac: MacAddr, src: Ipv6Addr, dst: Ipv6Addr, body: impl FnOnce(&mut 
         EtherTypes::Ipv6,
     );
     {
-        let mut ip6 = MutableIpv6Packet::new(&mut frame[ETH_HEADER..]).expect("holds IPv6");
+        let mut ip6 = MutableIpv6Packet::new(&mut frame[ETHERNET_HEADER..]).expect("holds IPv6");
         ip6.set_version(6);
         ip6.set_payload_length(NDP_LEN as u16);
         ip6.set_next_header(IpNextHeaderProtocols::Icmpv6);
@@ -159,7 +158,7 @@ fn ndp_frame(mac: MacAddr, src: Ipv6Addr, dst: Ipv6Addr, body: impl FnOnce(&mut 
         ip6.set_source(src);
         ip6.set_destination(dst);
     }
-    let icmp = &mut frame[ETH_HEADER + IPV6_HEADER..];
+    let icmp = &mut frame[ETHERNET_HEADER + IPV6_HEADER..];
     body(icmp);
     let checksum = icmpv6::checksum(&Icmpv6Packet::new(icmp).expect("holds ICMPv6"), &src, &dst);
     pnet_packet::icmpv6::MutableIcmpv6Packet::new(icmp)

@@ -8,3 +8,8 @@
 pub mod announce;
 pub mod check;
 pub mod tcp;
+
+/// Ethernet II header (no VLAN tag): two MACs and the EtherType.
+pub const ETHERNET_HEADER: usize = 14;
+/// Fixed IPv6 header.
+pub(crate) const IPV6_HEADER: usize = 40;

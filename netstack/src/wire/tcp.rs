@@ -2,8 +2,9 @@
 //! them: [`TcpView`] for the resender, and [`strip_sack_permitted`].
 //!
 //! Why a stack would run without SACK (RFC 2018 leaves it to either end):
-//! after a failover the device repeats each connection's ACK, so that a peer whose segments were lost on the way retransmits them at
-//! once (RFC 5681 fast retransmit). A SACK peer does not take duplicate
+//! after a failover the device repeats each connection's ACK, so that a
+//! peer whose segments were lost on the way retransmits them at once
+//! (RFC 5681 fast retransmit). A SACK peer does not take duplicate
 //! ACKs without SACK blocks as a loss (Linux marks losses from SACK
 //! information only) and waits for its own RTO, at least 200 ms on Linux.
 //! smoltcp uses SACK only to report what it received, never for its own
@@ -16,16 +17,15 @@ use smoltcp::wire::{
     EthernetProtocol, IpAddress, IpProtocol, Ipv4Address, Ipv6Address, TcpPacket, TcpSeqNumber,
 };
 
+use super::{ETHERNET_HEADER, IPV6_HEADER};
+
 /// TCP option kinds (RFC 9293, RFC 2018).
 const END_OF_OPTIONS: u8 = 0;
 const NO_OPERATION: u8 = 1;
 const SACK_PERMITTED: u8 = 4;
 
-/// Fixed header sizes (Ethernet II without VLAN tags; IPv4 and TCP
-/// without options).
-const ETHERNET_HEADER: usize = 14;
+/// Fixed header sizes (IPv4 and TCP without options).
 const IPV4_HEADER: usize = 20;
-const IPV6_HEADER: usize = 40;
 const TCP_HEADER: usize = 20;
 /// IPv4 flags and fragment offset word (RFC 791).
 const IPV4_MORE_FRAGMENTS: u16 = 0x2000;

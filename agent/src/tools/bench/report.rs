@@ -59,6 +59,9 @@ pub fn markdown(r: &Results) -> String {
     out
 }
 
+/// The stall table's row label for the guest kernel's own TCP.
+const KERNEL_ROW: &str = "guest kernel TCP (address moved to the NIC in use, GARP after migration)";
+
 fn write_resend(out: &mut String, r: &ResendResult, cost: &[CostRun]) -> std::fmt::Result {
     writeln!(
         out,
@@ -122,8 +125,9 @@ fn write_resend(out: &mut String, r: &ResendResult, cost: &[CostRun]) -> std::fm
          or more. With SACK off the stack takes SACK-permitted out of the peer's SYN \
          (`tcp_sack = false`): a peer that lost segments in the switch then retransmits on the \
          repeated ACKs instead of waiting for its RTO, if it had four or more segments in \
-         flight (Linux counts no more duplicates than that, less one). The last row is the guest kernel's own \
-         TCP in the same run on the same veths, after the stack is gone: the peer streams to a \
+         flight (Linux counts no more duplicates than that, less one). The last row is the \
+         guest kernel's own TCP in the same run on the same veths, after the stack is gone: \
+         the peer streams to a \
          kernel echo server on {GUEST_KERNEL_V4} through the same unplug → migrate → replug. The \
          lab has no `net_failover` (and no bonding module), so the kernel's address follows \
          the NIC in use, which Linux TCP follows: a watcher puts it on `virtio0` when \
@@ -159,15 +163,14 @@ fn write_resend(out: &mut String, r: &ResendResult, cost: &[CostRun]) -> std::fm
     if let Some(Err(e)) = &r.kernel {
         writeln!(
             out,
-            "| guest kernel TCP (address moved to the NIC in use, GARP after migration) | on | \
-             failed: {} | | | **no** |",
+            "| {KERNEL_ROW} | on | failed: {} | | | **no** |",
             e.replace('|', "/")
         )?;
     }
     if let Some(Ok(k)) = &r.kernel {
         writeln!(
             out,
-            "| guest kernel TCP (address moved to the NIC in use, GARP after migration) | on | {} | {} |",
+            "| {KERNEL_ROW} | on | {} | {} |",
             stall_cells(&k.stalls),
             yes_no(k.byte_exact)
         )?;
@@ -181,7 +184,6 @@ fn write_resend(out: &mut String, r: &ResendResult, cost: &[CostRun]) -> std::fm
     Ok(())
 }
 
-/// A stall table's step cells: the longest stall in ms, `–` for none.
 fn workload(w: Workload) -> &'static str {
     match w {
         Workload::Echo => "echo",
@@ -189,6 +191,7 @@ fn workload(w: Workload) -> &'static str {
     }
 }
 
+/// A stall table's step cells: the longest stall in ms, `–` for none.
 fn stall_cells(stalls: &[(Step, Option<Duration>)]) -> String {
     stalls
         .iter()

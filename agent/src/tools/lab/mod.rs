@@ -339,9 +339,7 @@ impl Lab {
 
     /// Puts the guest kernel's address on `ifname` (`replace`: also if it is there already).
     fn kernel_address_on(&self, ifname: &str) -> Result<()> {
-        let addr = format!("{GUEST_KERNEL_V4}/{PREFIX_V4}");
-        self.ip(Ns::Guest, &["addr", "replace", &addr, "dev", ifname])
-            .map(drop)
+        kernel_address_in(&self.ns_name(Ns::Guest), ifname)
     }
 
     /// Hot-unplugs the primary: deletes `vf0` in the guest (its far end goes with it).
@@ -561,9 +559,7 @@ impl Lab {
     /// `ip -n <ns> args...`, returning stdout; an error (with the command and its stderr)
     /// unless `ip` exits 0.
     pub fn ip(&self, ns: Ns, args: &[&str]) -> Result<String> {
-        let name = self.ns_name(ns);
-        let out = run_checked(Command::new("ip").args(["-n", &name]).args(args))?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        ip_in(&self.ns_name(ns), args)
     }
 
     /// Pings `to` from `from`, `count` probes (1..=100) 200 ms apart, each waiting at most
@@ -729,10 +725,7 @@ impl KernelFailover<'_> {
             let Some(heard) = wait_for_loss(PRIMARY)? else {
                 return Ok(None);
             };
-            let addr = format!("{GUEST_KERNEL_V4}/{PREFIX_V4}");
-            run_checked(
-                Command::new("ip").args(["-n", &ns_name, "addr", "replace", &addr, "dev", STANDBY]),
-            )?;
+            kernel_address_in(&ns_name, STANDBY)?;
             Ok(Some(
                 SystemTime::now().duration_since(heard).unwrap_or_default(),
             ))
@@ -771,7 +764,7 @@ impl KernelFailover<'_> {
     }
 
     fn off_standby(&self) -> Result<()> {
-        let addr = format!("{GUEST_KERNEL_V4}/{PREFIX_V4}");
+        let addr = kernel_cidr();
         let on_standby = self
             .lab
             .ip(Ns::Guest, &["-o", "addr", "show", "dev", STANDBY])?;
@@ -942,6 +935,24 @@ fn command_error(cmd: &Command, out: &Output) -> anyhow::Error {
         out.status,
         String::from_utf8_lossy(&out.stderr).trim()
     )
+}
+
+/// `ip -n <ns_name> args...`; its stdout, or an error with the command and its stderr.
+fn ip_in(ns_name: &str, args: &[&str]) -> Result<String> {
+    let out = run_checked(Command::new("ip").args(["-n", ns_name]).args(args))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The guest kernel's address with its prefix, as `ip addr` takes it.
+fn kernel_cidr() -> String {
+    format!("{GUEST_KERNEL_V4}/{PREFIX_V4}")
+}
+
+/// Puts the guest kernel's address on `ifname` in the namespace `ns_name`
+/// (`replace`: also if it is there already). A free function so that a
+/// thread without the [`Lab`] (the stand-in's watcher) can call it.
+fn kernel_address_in(ns_name: &str, ifname: &str) -> Result<()> {
+    ip_in(ns_name, &["addr", "replace", &kernel_cidr(), "dev", ifname]).map(drop)
 }
 
 fn run_checked(cmd: &mut Command) -> Result<Output> {

@@ -11,7 +11,8 @@
 # man page. Installing these packages does not start anything in a
 # container: their postinsts skip services when systemd is not PID 1.
 # QEMU end-to-end test (agent/tests/qemu_migration/): QEMU, a static
-# busybox, cpio, kmod (depmod), xz-utils (the PVH vmlinux).
+# busybox, cpio, kmod (depmod), xz-utils (the PVH vmlinux), nftables (its
+# bridge drops QEMU's RARPs from the emulated primary, which a VF never sends).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
@@ -20,7 +21,7 @@ apt-get install -y --no-install-recommends \
     libudev-dev m4 pkg-config linux-libc-dev \
     iproute2 ethtool iputils-ping tcpdump util-linux ca-certificates \
     systemd udev man-db \
-    qemu-system-x86 seabios ipxe-qemu busybox-static cpio kmod xz-utils binutils
+    qemu-system-x86 seabios ipxe-qemu busybox-static cpio kmod xz-utils nftables binutils
 if ! command -v cargo >/dev/null; then
     echo "cargo is missing: install a Rust toolchain (rustup) first" >&2
     exit 1

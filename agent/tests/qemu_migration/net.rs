@@ -57,6 +57,7 @@ impl Net {
             sh(&["ip", "-n", h, "link", "set", tap, "master", "br0"])?;
             sh(&["ip", "-n", h, "link", "set", tap, "up"])?;
         }
+        drop_primary_rarps(h)?;
         sh(&[
             "ip", "-n", h, "link", "add", "to-peer", "type", "veth", "peer", "name", "eth0",
             "netns", p,
@@ -89,6 +90,20 @@ impl Net {
             Ok(f())
         })
     }
+}
+
+/// QEMU's self-announce after a migration sends a RARP out of every NIC it emulates, the
+/// primary's too, and the primary's comes second: the bridge then learns the guest's MAC on
+/// the new primary's tap while no guest driver reads from it (the guest plugs the primary
+/// 0.4-0.6 s later), and the peer's frames are lost there until the guest sends through the
+/// standby. A VF (VFIO) is no QEMU NIC and never sends QEMU's RARP, so the bridge drops
+/// RARPs that come from a primary's tap, before it learns from them.
+fn drop_primary_rarps(h: &str) -> Result<()> {
+    let nft = |rule: &str| sh(&["ip", "netns", "exec", h, "nft", rule]);
+    nft("add table bridge vfq")?;
+    nft("add chain bridge vfq pre { type filter hook prerouting priority -200; }")?;
+    nft("add rule bridge vfq pre iifname { \"src-p\", \"dst-p\" } ether type 0x8035 drop")?;
+    Ok(())
 }
 
 impl Drop for Net {

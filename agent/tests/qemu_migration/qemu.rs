@@ -155,6 +155,11 @@ impl Qemu {
         ] {
             args.push(a.into());
         }
+        // Guest RAM touched at start, not while a migration writes into it: on a machine whose
+        // first touch of a page is slow (1-2 s for 512 MiB on this project's VMs) the guest's
+        // pause for the copy grew from about 0.2 s to 1.1 s, and the peer's backed-off
+        // retransmissions turned that into a 3 s TCP stall.
+        args.push("-mem-prealloc".into());
         args.extend([
             "-name".into(),
             format!("vfailover-test-{name}"),

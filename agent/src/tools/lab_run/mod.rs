@@ -250,7 +250,7 @@ fn join<T>(handle: Option<JoinHandle<Result<T>>>, what: &str) -> Result<T> {
 /// The run itself, from the first byte of the stream to the last frame
 /// captured.
 fn drive(lab: &Lab, agent: &Agent, opts: &Options, stop: &AtomicBool) -> Result<Report> {
-    let mut watch = Watch::new(agent, stop);
+    let mut watch = Watch::new(lab, agent, stop);
     let traffic = Traffic::start(lab, opts.bytes)?;
     watch.mark(Mark::Start)?;
 
@@ -317,6 +317,7 @@ fn drive(lab: &Lab, agent: &Agent, opts: &Options, stop: &AtomicBool) -> Result<
         t0_unix: watch.t0_unix,
         samples: watch.samples,
         marks: watch.marks,
+        peer_rtos: watch.peer_rtos,
         switches: watch.switches,
         unplug_at: unix_secs(unplug_at),
         unplug_event_at: event_at.map(unix_secs),
@@ -330,12 +331,15 @@ fn drive(lab: &Lab, agent: &Agent, opts: &Options, stop: &AtomicBool) -> Result<
 /// Polls the daemon's status: samples for the timeline, every switch, the
 /// live status line; and the stop flag.
 struct Watch<'a> {
+    lab: &'a Lab,
     agent: &'a Agent,
     stop: &'a AtomicBool,
     t0: Instant,
     t0_unix: f64,
     samples: Vec<Sample>,
     marks: Vec<(Mark, Instant)>,
+    /// The peer's TCP retransmission timeouts so far, at each mark.
+    peer_rtos: Vec<u64>,
     switches: Vec<crate::status::SwitchStatus>,
     last: Option<PairStatus>,
     last_line: Option<Instant>,
@@ -343,14 +347,16 @@ struct Watch<'a> {
 }
 
 impl<'a> Watch<'a> {
-    fn new(agent: &'a Agent, stop: &'a AtomicBool) -> Watch<'a> {
+    fn new(lab: &'a Lab, agent: &'a Agent, stop: &'a AtomicBool) -> Watch<'a> {
         Watch {
+            lab,
             agent,
             stop,
             t0: Instant::now(),
             t0_unix: unix_secs(SystemTime::now()),
             samples: Vec::new(),
             marks: Vec::new(),
+            peer_rtos: Vec::new(),
             switches: Vec::new(),
             last: None,
             last_line: None,
@@ -426,6 +432,7 @@ impl<'a> Watch<'a> {
     /// Note a step, with a fresh sample, and say so on its own line.
     fn mark(&mut self, mark: Mark) -> Result<()> {
         self.sample()?;
+        self.peer_rtos.push(self.lab.tcp_timeouts(Ns::Peer)?);
         let now = Instant::now();
         self.marks.push((mark, now));
         if mark != Mark::Start && mark != Mark::End {

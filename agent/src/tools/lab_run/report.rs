@@ -95,6 +95,8 @@ pub struct Report {
     pub t0_unix: f64,
     pub samples: Vec<Sample>,
     pub marks: Vec<(Mark, Instant)>,
+    /// The peer's TCP retransmission timeouts so far, at each of `marks`.
+    pub peer_rtos: Vec<u64>,
     /// Every switch the daemon reported, oldest first.
     pub switches: Vec<SwitchStatus>,
     /// Unix seconds: `ip link del vf0` started; the guest's rtnetlink
@@ -139,6 +141,13 @@ impl Report {
             .get(at + 1)
             .map_or(from + Duration::from_secs(3600), |m| m.1);
         longest_stall(&self.stalls, from, to)
+    }
+
+    /// The peer's TCP retransmission timeouts from `mark` to the next mark.
+    pub fn peer_rtos_after(&self, mark: Mark) -> Option<u64> {
+        let at = self.marks.iter().position(|(m, _)| *m == mark)?;
+        let (from, to) = (self.peer_rtos.get(at)?, self.peer_rtos.get(at + 1)?);
+        Some(to.saturating_sub(*from))
     }
 
     pub(super) fn rel(&self, at: Instant) -> f64 {
@@ -268,12 +277,13 @@ impl Report {
         let _ = writeln!(
             out,
             "per phase (UDP echo probe every {} ms; gap: longest time between answers around lost probes; \
+             peer RTOs: the peer's TCP retransmission timeouts, which no guest can bring forward; \
              TCP stall: longest time the peer waited for echoed bytes it had sent):",
             PROBE_INTERVAL.as_millis()
         );
         let _ = writeln!(
             out,
-            "  {:<14} {:>7} {:>11} {:>11} {:>7} {:>5} {:>12} {:>10}",
+            "  {:<14} {:>7} {:>11} {:>11} {:>7} {:>5} {:>12} {:>9} {:>10}",
             "phase",
             "time",
             "primary MB",
@@ -281,6 +291,7 @@ impl Report {
             "probes",
             "lost",
             "longest gap",
+            "peer RTOs",
             "TCP stall"
         );
         let phases = self.phase_probes();
@@ -291,9 +302,12 @@ impl Report {
             let stall = self.stall_after(mark).map_or("-".to_owned(), |d| {
                 format!("{:.1} ms", d.as_secs_f64() * 1e3)
             });
+            let rtos = self
+                .peer_rtos_after(mark)
+                .map_or("?".to_owned(), |n| n.to_string());
             let _ = writeln!(
                 out,
-                "  {:<14} {:>5.2} s {:>11.1} {:>11.1} {:>7} {:>5} {:>12} {:>10}",
+                "  {:<14} {:>5.2} s {:>11.1} {:>11.1} {:>7} {:>5} {:>12} {:>9} {:>10}",
                 mark.phase(),
                 (to - from).as_secs_f64(),
                 p as f64 / 1e6,
@@ -301,6 +315,7 @@ impl Report {
                 probes.sent,
                 probes.lost,
                 gap(probes.longest_gap),
+                rtos,
                 stall
             );
         }

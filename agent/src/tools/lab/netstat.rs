@@ -1,0 +1,61 @@
+//! A namespace's TCP counters from `/proc/net/netstat`, for telling what the peer's own TCP
+//! did: a stall that ends in the peer's retransmission timeout (`TcpExt: TCPTimeouts`) is the
+//! peer's floor, not the agent's.
+
+use anyhow::{anyhow, Context, Result};
+
+use super::{Lab, Ns};
+
+impl Lab {
+    /// How many retransmission timeouts the TCP of `ns` has had (`TcpExt: TCPTimeouts`).
+    pub fn tcp_timeouts(&self, ns: Ns) -> Result<u64> {
+        // thread-self: /proc/net would follow the process's namespace, not this thread's.
+        let text = self.in_ns(ns, || {
+            std::fs::read_to_string("/proc/thread-self/net/netstat")
+        })?;
+        let text = text.with_context(|| format!("reading /proc/net/netstat in {ns}"))?;
+        counter(&text, "TcpExt", "TCPTimeouts")
+            .ok_or_else(|| anyhow!("no TcpExt TCPTimeouts in {ns}'s /proc/net/netstat"))
+    }
+}
+
+/// `name` in `group` of a `/proc/net/netstat` text: a line of names, then a line of values,
+/// both starting with `group:`.
+fn counter(text: &str, group: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter_map(|l| l.strip_prefix(prefix.as_str()));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counter;
+
+    const NETSTAT: &str = "TcpExt: SyncookiesSent TCPTimeouts TCPLossProbes\n\
+                           TcpExt: 0 3 2\n\
+                           IpExt: InNoRoutes TCPTimeouts\n\
+                           IpExt: 7 9\n";
+
+    #[test]
+    fn a_counter_is_read_from_its_own_group() {
+        assert_eq!(counter(NETSTAT, "TcpExt", "TCPTimeouts"), Some(3));
+        assert_eq!(counter(NETSTAT, "TcpExt", "TCPLossProbes"), Some(2));
+        assert_eq!(counter(NETSTAT, "IpExt", "TCPTimeouts"), Some(9));
+    }
+
+    #[test]
+    fn a_missing_or_garbled_counter_is_none() {
+        assert_eq!(counter(NETSTAT, "TcpExt", "TCPNope"), None);
+        assert_eq!(counter(NETSTAT, "MPTcpExt", "TCPTimeouts"), None);
+        assert_eq!(
+            counter("TcpExt: TCPTimeouts\n", "TcpExt", "TCPTimeouts"),
+            None
+        );
+        assert_eq!(
+            counter("TcpExt: TCPTimeouts\nTcpExt: x\n", "TcpExt", "TCPTimeouts"),
+            None
+        );
+    }
+}

@@ -58,6 +58,8 @@ pub struct MigrationTimes {
     pub completed_at: Option<Instant>,
     /// The guest stopped for the RAM copy: the source's `stop` → the destination's `cont`.
     pub paused: Option<Duration>,
+    /// When the destination's `cont` returned: the guest runs again.
+    pub resumed_at: Option<Instant>,
     /// UNPLUG_PRIMARY → `completed`.
     pub unplug_to_complete: Option<Duration>,
     /// `completed` → the primary re-registered on the destination (console).
@@ -144,10 +146,11 @@ pub fn migrate(
     };
     src.qmp.stop_on_active.store(false, Ordering::SeqCst);
     let stopped = stopped_at(&src.qmp, t0);
-    let mut paused = None;
+    let (mut paused, mut resumed_at) = (None, None);
     if !live && done.data["status"] == "completed" {
         // The source was stopped, so the destination waits for a `cont`.
         dst.qmp.cmd("cont", json!({})).unwrap();
+        resumed_at = Some(Instant::now());
         paused = stopped.map(|s| s.elapsed());
         during(dst);
     }
@@ -178,6 +181,7 @@ pub fn migrate(
         total: done.at - t0,
         completed_at: Some(done.at),
         paused,
+        resumed_at,
         unplug_requested: unplug.map(|u| u - t0),
         wait_unplug: wait_unplug.zip(active_after).map(|(w, a)| a - w),
         unplug_to_complete: unplug.map(|u| done.at - u),

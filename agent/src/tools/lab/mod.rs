@@ -35,7 +35,7 @@
 //! the lab is dropped, or their veths outlive it.
 
 pub mod agent;
-mod netstat;
+pub mod netstat;
 
 use std::collections::hash_map::RandomState;
 use std::fmt;

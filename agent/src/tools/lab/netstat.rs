@@ -1,22 +1,26 @@
 //! A namespace's TCP counters from `/proc/net/netstat`, for telling what the peer's own TCP
 //! did: a stall that ends in the peer's retransmission timeout (`TcpExt: TCPTimeouts`) is the
-//! peer's floor, not the agent's.
+//! peer's floor, not the agent's. The lab reads them per phase, the QEMU test times them.
 
 use anyhow::{anyhow, Context, Result};
 
 use super::{Lab, Ns};
 
 impl Lab {
-    /// How many retransmission timeouts the TCP of `ns` has had (`TcpExt: TCPTimeouts`).
+    /// How many retransmission timeouts the TCP of `ns` has had.
     pub fn tcp_timeouts(&self, ns: Ns) -> Result<u64> {
-        // thread-self: /proc/net would follow the process's namespace, not this thread's.
-        let text = self.in_ns(ns, || {
-            std::fs::read_to_string("/proc/thread-self/net/netstat")
-        })?;
-        let text = text.with_context(|| format!("reading /proc/net/netstat in {ns}"))?;
-        counter(&text, "TcpExt", "TCPTimeouts")
-            .ok_or_else(|| anyhow!("no TcpExt TCPTimeouts in {ns}'s /proc/net/netstat"))
+        self.in_ns(ns, tcp_timeouts)?
+            .with_context(|| format!("the TCP counters of {ns}"))
     }
+}
+
+/// How many retransmission timeouts the TCP of the calling thread's network namespace has had
+/// (`TcpExt: TCPTimeouts`).
+pub fn tcp_timeouts() -> Result<u64> {
+    // thread-self: /proc/net would follow the process's namespace, not this thread's.
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat")
+        .context("reading /proc/thread-self/net/netstat")?;
+    counter(&text, "TcpExt", "TCPTimeouts").ok_or_else(|| anyhow!("no TcpExt TCPTimeouts"))
 }
 
 /// `name` in `group` of a `/proc/net/netstat` text: a line of names, then a line of values,

@@ -371,7 +371,7 @@ const UNPLUG_STALL_BOUND: Duration = Duration::from_millis(300);
 /// from the `stop`: 130-660 ms at pauses of 70-200 ms, 650 ms at 415 ms, 710 ms at 320 ms).
 /// Measured from the `cont` and the peer's RTO: 30-225 ms in 19 migrations. Without the
 /// agent's TCP resend (`VFAILOVER_QEMU_APPEND=vfo.tcp_resend=false`) the guest can wait for
-/// smoltcp's own RTO: 1040 ms once in 8 migrations.
+/// smoltcp's own RTO: 1040 ms in 1 of 5 migrations.
 const RESUMED_STALL_BOUND: Duration = Duration::from_millis(400);
 
 fn vfailover_case(guest_announce: bool) {

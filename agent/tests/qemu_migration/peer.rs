@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -181,18 +181,8 @@ pub fn capture_announces(net: &Net, stop: Arc<AtomicBool>) -> JoinHandle<Result<
 /// read every 5 ms), until `stop` is set (at most 300 s).
 pub fn watch_peer_rtos(net: &Net, stop: Arc<AtomicBool>) -> JoinHandle<Result<Vec<Instant>>> {
     let h = net.in_peer(move || -> Result<Vec<Instant>> {
-        let read = || netstat::tcp_timeouts().map_err(|e| format!("peer RTOs: {e:#}"));
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let mut seen = read()?;
-        let mut fired = Vec::new();
-        while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
-            let now = read()?;
-            let at = Instant::now();
-            fired.extend((seen..now).map(|_| at));
-            seen = now;
-        }
-        Ok(fired)
+        netstat::watch_tcp_timeouts(&stop, Duration::from_millis(5), Duration::from_secs(300))
+            .map_err(|e| format!("peer RTOs: {e:#}"))
     });
     thread::spawn(move || {
         h.join()

@@ -1,18 +1,12 @@
 //! A namespace's TCP counters from `/proc/net/netstat`, for telling what the peer's own TCP
 //! did: a stall that ends in the peer's retransmission timeout (`TcpExt: TCPTimeouts`) is the
-//! peer's floor, not the agent's. The lab reads them per phase, the QEMU test times them.
+//! peer's floor, not the agent's. The lab and the QEMU test time them with
+//! [`watch_tcp_timeouts`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-
-use super::{Lab, Ns};
-
-impl Lab {
-    /// How many retransmission timeouts the TCP of `ns` has had.
-    pub fn tcp_timeouts(&self, ns: Ns) -> Result<u64> {
-        self.in_ns(ns, tcp_timeouts)?
-            .with_context(|| format!("the TCP counters of {ns}"))
-    }
-}
 
 /// How many retransmission timeouts the TCP of the calling thread's network namespace has had
 /// (`TcpExt: TCPTimeouts`).
@@ -21,6 +15,27 @@ pub fn tcp_timeouts() -> Result<u64> {
     let text = std::fs::read_to_string("/proc/thread-self/net/netstat")
         .context("reading /proc/thread-self/net/netstat")?;
     counter(&text, "TcpExt", "TCPTimeouts").ok_or_else(|| anyhow!("no TcpExt TCPTimeouts"))
+}
+
+/// When the TCP of the calling thread's namespace took a retransmission timeout, read every
+/// `every` until `stop` is set or `limit` has passed. Each time is when the poll saw it: at
+/// most `every` (and the scheduler) after the timeout.
+pub fn watch_tcp_timeouts(
+    stop: &AtomicBool,
+    every: Duration,
+    limit: Duration,
+) -> Result<Vec<Instant>> {
+    let deadline = Instant::now() + limit;
+    let mut seen = tcp_timeouts()?;
+    let mut fired = Vec::new();
+    while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+        std::thread::sleep(every);
+        let now = tcp_timeouts()?;
+        let at = Instant::now();
+        fired.extend((seen..now).map(|_| at));
+        seen = now;
+    }
+    Ok(fired)
 }
 
 /// `name` in `group` of a `/proc/net/netstat` text: a line of names, then a line of values,

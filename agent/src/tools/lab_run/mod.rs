@@ -32,7 +32,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::capture::{self, Announce};
 use crate::lab::agent::{default_pair, Agent};
-use crate::lab::{wait_for_loss, Lab, LabOptions, Ns, GUEST_KERNEL_V4, PEER_IF, PRIMARY, STACK_V4};
+use crate::lab::{
+    netstat, wait_for_loss, Lab, LabOptions, Ns, GUEST_KERNEL_V4, PEER_IF, PRIMARY, STACK_V4,
+};
 use crate::scenario::{GatedStream, StreamEnd, ECHO_PORT};
 use crate::status::PairStatus;
 use report::{Mark, Probe, Report, Sample};
@@ -49,6 +51,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// QEMU's schedule, 5 rounds within about 0.9 s, from the first migration
 /// signal (the standby's carrier back, or the replug).
 const ANNOUNCE_WINDOW: Duration = Duration::from_millis(1500);
+/// How often the peer's TCP retransmission timeouts are read: the times
+/// the report puts them at are this late at most (and the scheduler).
+pub const RTO_POLL: Duration = Duration::from_millis(5);
 /// How long the daemon gets to switch path after a step.
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -172,6 +177,7 @@ struct Observed {
     stream: StreamEnd,
     probes: Vec<Probe>,
     frames: Frames,
+    peer_rtos: Vec<Instant>,
 }
 
 /// The peer's traffic: the stream, the prober and the capture. Dropping it
@@ -184,6 +190,8 @@ struct Traffic {
     lost: Arc<AtomicU64>,
     prober: Option<JoinHandle<Result<Vec<Probe>>>>,
     capture: Option<JoinHandle<Result<Frames>>>,
+    /// When the peer's TCP took a retransmission timeout.
+    rtos: Option<JoinHandle<Result<Vec<Instant>>>>,
 }
 
 impl Traffic {
@@ -196,6 +204,7 @@ impl Traffic {
             lost: lost.clone(),
             prober: None,
             capture: None,
+            rtos: None,
         };
         let flag = stop.clone();
         traffic.capture = Some(lab.spawn_in(Ns::Peer, move || {
@@ -204,6 +213,10 @@ impl Traffic {
         let flag = stop.clone();
         traffic.prober = Some(lab.spawn_in(Ns::Peer, move || {
             probe(STACK_V4.into(), PROBE_INTERVAL, &flag, &lost)
+        })?);
+        let flag = stop.clone();
+        traffic.rtos = Some(lab.spawn_in(Ns::Peer, move || {
+            netstat::watch_tcp_timeouts(&flag, RTO_POLL, RUN_LIMIT)
         })?);
         traffic.stream = Some(GatedStream::start(lab, bytes, 3)?);
         Ok(traffic)
@@ -214,17 +227,19 @@ impl Traffic {
     }
 
     /// Wait for the stream's end (it must have finished) and stop the
-    /// prober and the capture; returns the stream's digests and duration,
-    /// the probes and the frames captured.
+    /// prober, the capture and the RTO watch; returns the stream's digests
+    /// and duration, the probes, the frames captured and the peer's RTOs.
     fn finish(mut self) -> Result<Observed> {
         let stream = self.stream.take().expect("finish once").finish();
         self.stop.store(true, Ordering::Release);
         let probes = join(self.prober.take(), "prober")?;
         let frames = join(self.capture.take(), "capture")?;
+        let peer_rtos = join(self.rtos.take(), "RTO watch")?;
         Ok(Observed {
             stream: stream?,
             probes,
             frames,
+            peer_rtos,
         })
     }
 }
@@ -237,6 +252,7 @@ impl Drop for Traffic {
         self.stop.store(true, Ordering::Release);
         let _ = join(self.prober.take(), "prober");
         let _ = join(self.capture.take(), "capture");
+        let _ = join(self.rtos.take(), "RTO watch");
     }
 }
 
@@ -250,7 +266,7 @@ fn join<T>(handle: Option<JoinHandle<Result<T>>>, what: &str) -> Result<T> {
 /// The run itself, from the first byte of the stream to the last frame
 /// captured.
 fn drive(lab: &Lab, agent: &Agent, opts: &Options, stop: &AtomicBool) -> Result<Report> {
-    let mut watch = Watch::new(lab, agent, stop);
+    let mut watch = Watch::new(agent, stop);
     let traffic = Traffic::start(lab, opts.bytes)?;
     watch.mark(Mark::Start)?;
 
@@ -303,6 +319,7 @@ fn drive(lab: &Lab, agent: &Agent, opts: &Options, stop: &AtomicBool) -> Result<
         stream,
         probes,
         frames,
+        peer_rtos,
     } = traffic.finish()?;
     let fin = agent.pair()?;
     Ok(Report {
@@ -317,7 +334,7 @@ fn drive(lab: &Lab, agent: &Agent, opts: &Options, stop: &AtomicBool) -> Result<
         t0_unix: watch.t0_unix,
         samples: watch.samples,
         marks: watch.marks,
-        peer_rtos: watch.peer_rtos,
+        peer_rtos,
         switches: watch.switches,
         unplug_at: unix_secs(unplug_at),
         unplug_event_at: event_at.map(unix_secs),
@@ -331,15 +348,12 @@ fn drive(lab: &Lab, agent: &Agent, opts: &Options, stop: &AtomicBool) -> Result<
 /// Polls the daemon's status: samples for the timeline, every switch, the
 /// live status line; and the stop flag.
 struct Watch<'a> {
-    lab: &'a Lab,
     agent: &'a Agent,
     stop: &'a AtomicBool,
     t0: Instant,
     t0_unix: f64,
     samples: Vec<Sample>,
     marks: Vec<(Mark, Instant)>,
-    /// The peer's TCP retransmission timeouts so far, at each mark.
-    peer_rtos: Vec<u64>,
     switches: Vec<crate::status::SwitchStatus>,
     last: Option<PairStatus>,
     last_line: Option<Instant>,
@@ -347,16 +361,14 @@ struct Watch<'a> {
 }
 
 impl<'a> Watch<'a> {
-    fn new(lab: &'a Lab, agent: &'a Agent, stop: &'a AtomicBool) -> Watch<'a> {
+    fn new(agent: &'a Agent, stop: &'a AtomicBool) -> Watch<'a> {
         Watch {
-            lab,
             agent,
             stop,
             t0: Instant::now(),
             t0_unix: unix_secs(SystemTime::now()),
             samples: Vec::new(),
             marks: Vec::new(),
-            peer_rtos: Vec::new(),
             switches: Vec::new(),
             last: None,
             last_line: None,
@@ -432,7 +444,6 @@ impl<'a> Watch<'a> {
     /// Note a step, with a fresh sample, and say so on its own line.
     fn mark(&mut self, mark: Mark) -> Result<()> {
         self.sample()?;
-        self.peer_rtos.push(self.lab.tcp_timeouts(Ns::Peer)?);
         let now = Instant::now();
         self.marks.push((mark, now));
         if mark != Mark::Start && mark != Mark::End {

@@ -13,7 +13,7 @@ use crate::lab::{STACK_V4, STACK_V6};
 use crate::scenario::{longest_stall, Stall};
 use crate::status::{PairStatus, SwitchStatus};
 
-use super::PROBE_INTERVAL;
+use super::{PROBE_INTERVAL, RTO_POLL};
 
 /// TCP stalls this long are listed one by one.
 const LONG_STALL: Duration = Duration::from_millis(100);
@@ -95,8 +95,8 @@ pub struct Report {
     pub t0_unix: f64,
     pub samples: Vec<Sample>,
     pub marks: Vec<(Mark, Instant)>,
-    /// The peer's TCP retransmission timeouts so far, at each of `marks`.
-    pub peer_rtos: Vec<u64>,
+    /// When the peer's TCP took a retransmission timeout.
+    pub peer_rtos: Vec<Instant>,
     /// Every switch the daemon reported, oldest first.
     pub switches: Vec<SwitchStatus>,
     /// Unix seconds: `ip link del vf0` started; the guest's rtnetlink
@@ -132,22 +132,28 @@ impl Report {
             .map(|(_, at)| self.rel(*at))
     }
 
-    /// The longest TCP stall from `mark` to the next mark.
-    pub fn stall_after(&self, mark: Mark) -> Option<Duration> {
+    /// From `mark` to the next mark (or an hour on, for the last one).
+    fn phase(&self, mark: Mark) -> Option<(Instant, Instant)> {
         let at = self.marks.iter().position(|(m, _)| *m == mark)?;
         let from = self.marks[at].1;
         let to = self
             .marks
             .get(at + 1)
             .map_or(from + Duration::from_secs(3600), |m| m.1);
+        Some((from, to))
+    }
+
+    /// The longest TCP stall overlapping the phase that `mark` begins.
+    pub fn stall_after(&self, mark: Mark) -> Option<Duration> {
+        let (from, to) = self.phase(mark)?;
         longest_stall(&self.stalls, from, to)
     }
 
-    /// The peer's TCP retransmission timeouts from `mark` to the next mark.
-    pub fn peer_rtos_after(&self, mark: Mark) -> Option<u64> {
-        let at = self.marks.iter().position(|(m, _)| *m == mark)?;
-        let (from, to) = (self.peer_rtos.get(at)?, self.peer_rtos.get(at + 1)?);
-        Some(to.saturating_sub(*from))
+    /// The peer's TCP retransmission timeouts in the phase that `mark`
+    /// begins, see [`rtos_in_phase`].
+    pub fn peer_rtos_after(&self, mark: Mark) -> Option<usize> {
+        let (from, to) = self.phase(mark)?;
+        Some(rtos_in_phase(&self.peer_rtos, &self.stalls, from, to))
     }
 
     pub(super) fn rel(&self, at: Instant) -> f64 {
@@ -277,7 +283,7 @@ impl Report {
         let _ = writeln!(
             out,
             "per phase (UDP echo probe every {} ms; gap: longest time between answers around lost probes; \
-             peer RTOs: the peer's TCP retransmission timeouts, which no guest can bring forward; \
+             peer RTOs: the peer's TCP retransmission timeouts, in the phase or in a stall crossing its edge, which no guest can bring forward; \
              TCP stall: longest time the peer waited for echoed bytes it had sent):",
             PROBE_INTERVAL.as_millis()
         );
@@ -531,6 +537,22 @@ fn gap(seconds: f64) -> String {
     }
 }
 
+/// The retransmission timeouts (`rtos`, as the poll saw them) from `from`
+/// to `to`, widened to the stalls that overlap it: a stall that begins in
+/// one phase and ends with the peer's RTO in the next counts that RTO in
+/// both, as its length is shown in both. A poll sees an RTO up to
+/// [`RTO_POLL`] late, and the echo that ends the stall comes a round trip
+/// after the RTO, so the window runs one more poll past a stall's end.
+fn rtos_in_phase(rtos: &[Instant], stalls: &[Stall], from: Instant, to: Instant) -> usize {
+    let (start, end) = stalls
+        .iter()
+        .filter(|s| s.to > from && s.from < to)
+        .fold((from, to), |(start, end), s| {
+            (start.min(s.from), end.max(s.to + RTO_POLL))
+        });
+    rtos.iter().filter(|at| (start..end).contains(at)).count()
+}
+
 fn short(hex: &str) -> &str {
     hex.get(..16).unwrap_or(hex)
 }
@@ -573,6 +595,25 @@ mod tests {
         let all = probe_stats(&p, |_| 0, 1)[0];
         assert_eq!(all.lost, 2);
         assert!((all.longest_gap - 0.030).abs() < 1e-9, "{all:?}");
+    }
+
+    #[test]
+    fn an_rto_ending_a_stall_counts_in_every_phase_the_stall_crosses() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // Phases 0..40 and 40..1000 ms; a stall from 15 to 213 ms, ended by
+        // the peer's RTO that the poll saw at 215 ms; another RTO at 600 ms.
+        let stalls = [Stall {
+            from: ms(15),
+            to: ms(213),
+        }];
+        let rtos = [ms(215), ms(600)];
+        assert_eq!(rtos_in_phase(&rtos, &stalls, ms(0), ms(40)), 1);
+        assert_eq!(rtos_in_phase(&rtos, &stalls, ms(40), ms(1000)), 2);
+        // Without the stall, only what fell inside the phase.
+        assert_eq!(rtos_in_phase(&rtos, &[], ms(0), ms(40)), 0);
+        // An RTO well after the stall's end is not its own.
+        assert_eq!(rtos_in_phase(&[ms(230)], &stalls, ms(0), ms(40)), 0);
     }
 
     #[test]

@@ -245,6 +245,11 @@ impl Stall {
     pub fn length(&self) -> Duration {
         self.to - self.from
     }
+
+    /// Whether any of it falls within `from..to`.
+    pub fn overlaps(&self, from: Instant, to: Instant) -> bool {
+        self.to > from && self.from < to
+    }
 }
 
 /// Waits shorter than this are not kept: scheduling noise on a small
@@ -278,7 +283,7 @@ impl StreamEnd {
 pub fn longest_stall(stalls: &[Stall], from: Instant, to: Instant) -> Option<Duration> {
     stalls
         .iter()
-        .filter(|s| s.to > from && s.from < to)
+        .filter(|s| s.overlaps(from, to))
         .map(Stall::length)
         .max()
 }

@@ -569,7 +569,7 @@ fn vfailover_case(guest_announce: bool) {
         let resumed_wait = r
             .stalls
             .iter()
-            .filter(|s| s.to > resumed && s.from < end)
+            .filter(|s| s.overlaps(resumed, end))
             .map(|s| {
                 let from = s.from.max(resumed);
                 let from = first_rto
@@ -583,9 +583,7 @@ fn vfailover_case(guest_announce: bool) {
         let long: Vec<String> = r
             .stalls
             .iter()
-            .filter(|s| {
-                s.to > started[i] && s.from < end && s.length() >= Duration::from_millis(100)
-            })
+            .filter(|s| s.overlaps(started[i], end) && s.length() >= Duration::from_millis(100))
             .map(|s| format!("{}..{} ms", rel(s.from), rel(s.to)))
             .collect();
         eprintln!(

@@ -53,7 +53,7 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 const ANNOUNCE_WINDOW: Duration = Duration::from_millis(1500);
 /// How often the peer's TCP retransmission timeouts are read: the times
 /// the report puts them at are this late at most (and the scheduler).
-pub const RTO_POLL: Duration = Duration::from_millis(5);
+const RTO_POLL: Duration = Duration::from_millis(5);
 /// How long the daemon gets to switch path after a step.
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -180,8 +180,8 @@ struct Observed {
     peer_rtos: Vec<Instant>,
 }
 
-/// The peer's traffic: the stream, the prober and the capture. Dropping it
-/// stops all three and joins their threads, so no socket in a lab
+/// The peer's traffic: the stream, the prober, the capture and the watch on
+/// its TCP's RTOs. Dropping it stops them all and joins their threads, so no socket in a lab
 /// namespace outlives the lab.
 struct Traffic {
     stream: Option<GatedStream>,

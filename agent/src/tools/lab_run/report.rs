@@ -546,7 +546,7 @@ fn gap(seconds: f64) -> String {
 fn rtos_in_phase(rtos: &[Instant], stalls: &[Stall], from: Instant, to: Instant) -> usize {
     let (start, end) = stalls
         .iter()
-        .filter(|s| s.to > from && s.from < to)
+        .filter(|s| s.overlaps(from, to))
         .fold((from, to), |(start, end), s| {
             (start.min(s.from), end.max(s.to + RTO_POLL))
         });
